@@ -1,0 +1,62 @@
+"""Activities that send a step's commands to the MDM server and push the device.
+
+Transient failures raise ordinary errors, so Temporal retries them with backoff; a
+permanent one raises a non-retryable ``ApplicationError`` whose message reaches the
+workflow and the Web UI.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from activities.mdm_server import MdmServerClient, PermanentMdmError
+from activities.models import PushInput, PushResult, SendStepInput, SendStepResult
+
+log = logging.getLogger("mdmflow.activities")
+
+
+class MdmActivities:
+    def __init__(self, client: MdmServerClient) -> None:
+        self._client = client
+
+    @activity.defn(name="mdm.send_step")
+    async def send_step(self, inp: SendStepInput) -> SendStepResult:
+        """Enqueue every command without push, then push once for the whole step.
+
+        Idempotent: on a retry, commands already queued come back as duplicates.
+        """
+        result = SendStepResult()
+        try:
+            for qc in inp.commands:
+                body = qc.command.to_plist(qc.command_uuid)
+                outcome = await self._client.enqueue(
+                    [inp.enrollment_id], qc.command_uuid, body, push=False
+                )
+                if outcome.already_queued:
+                    result.already_queued.append(qc.command_uuid)
+                    log.info("already queued %s for %s", qc.command_uuid, inp.enrollment_id)
+                else:
+                    result.queued.append(qc.command_uuid)
+            if inp.push:
+                result.push_error = await self._client.push([inp.enrollment_id])
+        except PermanentMdmError as exc:
+            raise ApplicationError(str(exc), type="MdmPermanentError", non_retryable=True) from exc
+        if result.push_error:
+            log.warning("push to %s failed: %s", inp.enrollment_id, result.push_error)
+        log.info(
+            "enqueued %d command(s) for %s",
+            len(inp.commands),
+            inp.enrollment_id,
+        )
+        return result
+
+    @activity.defn(name="mdm.push")
+    async def push(self, inp: PushInput) -> PushResult:
+        try:
+            error = await self._client.push(inp.enrollment_ids)
+        except PermanentMdmError as exc:
+            raise ApplicationError(str(exc), type="MdmPermanentError", non_retryable=True) from exc
+        return PushResult(push_error=error)

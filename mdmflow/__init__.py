@@ -1,0 +1,3 @@
+"""mdmflow: durable Apple MDM workflows on Temporal."""
+
+__version__ = "0.1.0"

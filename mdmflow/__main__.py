@@ -1,0 +1,3 @@
+from mdmflow.cli import main
+
+raise SystemExit(main())

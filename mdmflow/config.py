@@ -1,0 +1,68 @@
+"""Settings from the environment, each with a documented default (see README)."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    value = os.environ.get(name)
+    return value if value not in (None, "") else default
+
+
+@dataclass(frozen=True)
+class Settings:
+    temporal_address: str
+    temporal_namespace: str
+    task_queue: str
+    var_dir: Path
+    db_url: str
+    mdm_url: str | None
+    mdm_kind: str
+    mdm_api_key: str
+    webhook_hmac_key: str | None
+    api_key: str
+    listen_host: str
+    listen_port: int
+
+    @property
+    def embedded_temporal(self) -> bool:
+        return _env("TEMPORAL_ADDRESS") is None
+
+
+def api_key_from(var_dir: Path) -> str:
+    """``MDMFLOW_API_KEY``, else a random key generated once and kept in ``var/api_key``."""
+    explicit = _env("MDMFLOW_API_KEY")
+    if explicit:
+        return explicit
+    path = var_dir / "api_key"
+    if path.exists():
+        return path.read_text().strip()
+    var_dir.mkdir(parents=True, exist_ok=True)
+    key = secrets.token_urlsafe(24)
+    path.write_text(key + "\n")
+    path.chmod(0o600)
+    return key
+
+
+def load() -> Settings:
+    var_dir = Path(_env("MDMFLOW_VAR_DIR", "var") or "var").resolve()
+    listen = _env("MDMFLOW_LISTEN", "127.0.0.1:9003") or "127.0.0.1:9003"
+    host, _, port = listen.rpartition(":")
+    return Settings(
+        temporal_address=_env("TEMPORAL_ADDRESS", "127.0.0.1:7233") or "",
+        temporal_namespace=_env("TEMPORAL_NAMESPACE", "default") or "default",
+        task_queue=_env("MDMFLOW_TASK_QUEUE", "mdmflow") or "mdmflow",
+        var_dir=var_dir,
+        db_url=_env("MDMFLOW_DB_URL") or f"sqlite:///{var_dir / 'mdmflow.db'}",
+        mdm_url=_env("MDMFLOW_MDM_URL"),
+        mdm_kind=_env("MDMFLOW_MDM_KIND", "nanomdm") or "nanomdm",
+        mdm_api_key=_env("MDMFLOW_MDM_API_KEY", "nanomdm") or "",
+        webhook_hmac_key=_env("MDMFLOW_WEBHOOK_HMAC_KEY"),
+        api_key=api_key_from(var_dir),
+        listen_host=host or "127.0.0.1",
+        listen_port=int(port),
+    )

@@ -1,0 +1,62 @@
+"""Enrollment IDs as NanoMDM forms them, derived from a device's check-in or report.
+
+| enrollment        | ID                               | type                       |
+|-------------------|----------------------------------|----------------------------|
+| device            | UDID                             | Device                     |
+| user channel      | UDID:UserID                      | User                       |
+| Shared iPad user  | UDID:UserShortName               | Shared iPad                |
+| BYOD device       | EnrollmentID                     | User Enrollment (Device)   |
+| BYOD user         | EnrollmentID:EnrollmentUserID    | User Enrollment            |
+
+Needed for senders that carry no ``ids`` (NanoMDM <= 0.8, MicroMDM): the webhook's
+``udid`` is the device UDID even on the user channel, so it alone is not enough.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel
+
+# Shared iPad user sessions report this UserID with the short name beside it.
+SHARED_IPAD_USER_ID = "FFFFFFFF-FFFF-FFFF-FFFF-FFFFFFFFFFFF"
+
+DEVICE = "Device"
+USER = "User"
+SHARED_IPAD = "Shared iPad"
+USER_ENROLLMENT_DEVICE = "User Enrollment (Device)"
+USER_ENROLLMENT = "User Enrollment"
+
+
+class EnrollmentRef(BaseModel):
+    id: str
+    type: str
+
+    @property
+    def device_channel_id(self) -> str:
+        return self.id.split(":", 1)[0]
+
+
+def _s(payload: dict[str, Any], key: str) -> str:
+    value = payload.get(key)
+    return value if isinstance(value, str) else ""
+
+
+def derive(payload: dict[str, Any]) -> EnrollmentRef | None:
+    """Derive the enrollment from a check-in or command-report plist dictionary."""
+    udid = _s(payload, "UDID")
+    enrollment_id = _s(payload, "EnrollmentID")
+    user_id = _s(payload, "UserID")
+    short_name = _s(payload, "UserShortName")
+    enrollment_user_id = _s(payload, "EnrollmentUserID")
+    if udid:
+        if short_name and (not user_id or user_id.upper() == SHARED_IPAD_USER_ID):
+            return EnrollmentRef(id=f"{udid}:{short_name}", type=SHARED_IPAD)
+        if user_id:
+            return EnrollmentRef(id=f"{udid}:{user_id}", type=USER)
+        return EnrollmentRef(id=udid, type=DEVICE)
+    if enrollment_id:
+        if enrollment_user_id:
+            return EnrollmentRef(id=f"{enrollment_id}:{enrollment_user_id}", type=USER_ENROLLMENT)
+        return EnrollmentRef(id=enrollment_id, type=USER_ENROLLMENT_DEVICE)
+    return None

@@ -1,0 +1,1 @@
+"""Starting workflows and the HTTP API (NanoCMD-compatible ``/v1/...`` plus our own)."""

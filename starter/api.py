@@ -1,0 +1,182 @@
+"""The HTTP API: NanoCMD-compatible endpoints, our run look-ups, and the webhook relay.
+
+Authentication is HTTP Basic, user ``nanocmd``, password ``MDMFLOW_API_KEY`` (as
+NanoCMD). ``/webhook`` is authenticated by HMAC instead, ``/version`` and ``/metrics``
+are open. OpenAPI is served at ``/docs`` and ``/openapi.json``.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.security import HTTPBasic, HTTPBasicCredentials
+from pydantic import BaseModel
+from temporalio.client import Client
+from temporalio.service import RPCError, RPCStatusCode
+
+from mdmflow import __version__, metrics
+from relay.app import webhook_router
+from relay.routing import Router
+from starter import runs
+from starter.starting import StartError, start_workflow
+from store.inventory import InventoryStore
+from workflows.registry import BY_NAME
+
+log = logging.getLogger("mdmflow.api")
+
+
+@dataclass
+class Services:
+    client: Client
+    store: InventoryStore
+    task_queue: str
+
+
+class StartResponse(BaseModel):
+    instance_id: str
+    started: list[str]
+    refused: dict[str, str]
+
+
+class ErrorBody(BaseModel):
+    error: str
+
+
+def create_app(
+    services: Services | Callable[[], Awaitable[Services]],
+    api_key: str,
+    hmac_key: str | None = None,
+) -> FastAPI:
+    """Build the app; ``services`` may be a factory awaited at start-up."""
+    holder: dict[str, Any] = {}
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        holder["services"] = services if isinstance(services, Services) else await services()
+        holder["router"] = Router(holder["services"].client)
+        yield
+
+    app = FastAPI(
+        title="mdmflow",
+        version=__version__,
+        description="Durable Apple MDM workflows on Temporal (NanoCMD-compatible API).",
+        lifespan=lifespan,
+    )
+    basic = HTTPBasic(auto_error=False)
+
+    def svc() -> Services:
+        s: Services = holder["services"]
+        return s
+
+    def authorised(creds: Annotated[HTTPBasicCredentials | None, Depends(basic)]) -> None:
+        ok = (
+            creds is not None
+            and secrets.compare_digest(creds.username.encode(), b"nanocmd")
+            and secrets.compare_digest(creds.password.encode(), api_key.encode())
+        )
+        if not ok:
+            raise HTTPException(
+                status_code=401,
+                detail="API key is missing or invalid (HTTP Basic, user nanocmd)",
+                headers={"WWW-Authenticate": 'Basic realm="mdmflow"'},
+            )
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_r: Request, exc: HTTPException) -> JSONResponse:
+        return JSONResponse(
+            {"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_r: Request, exc: RequestValidationError) -> JSONResponse:
+        parts = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
+        return JSONResponse({"error": "; ".join(parts)}, status_code=400)
+
+    @app.exception_handler(RPCError)
+    async def temporal_error(_r: Request, exc: RPCError) -> JSONResponse:
+        log.error("Temporal error: %s", exc)
+        return JSONResponse({"error": f"Temporal: {exc.message}"}, status_code=503)
+
+    app.include_router(webhook_router(lambda: holder["router"], hmac_key))
+
+    auth = [Depends(authorised)]
+    err = {400: {"model": ErrorBody}, 401: {"model": ErrorBody}}
+
+    @app.get("/version", tags=["meta"])
+    async def version() -> dict[str, str]:
+        return {"version": f"v{__version__}"}
+
+    @app.get("/metrics", tags=["meta"], response_class=PlainTextResponse)
+    async def metrics_text() -> str:
+        return metrics.render()
+
+    @app.post(
+        "/v1/workflow/{name}/start",
+        tags=["workflows"],
+        dependencies=auth,
+        response_model=StartResponse,
+        responses=err,
+        summary="Start a workflow for one or more enrollments",
+    )
+    async def start(
+        name: str,
+        id: Annotated[list[str], Query(description="Enrollment ID (repeat for many)")] = [],  # noqa: B006
+        context: Annotated[str | None, Query(description="Workflow-dependent context")] = None,
+    ) -> StartResponse:
+        try:
+            result = await start_workflow(svc().client, svc().task_queue, name, id, context)
+        except StartError as exc:
+            raise HTTPException(status_code=400, detail=str(exc)) from exc
+        return StartResponse(
+            instance_id=result.instance_id, started=result.started, refused=result.refused
+        )
+
+    @app.get("/v1/workflows", tags=["workflows"], dependencies=auth)
+    async def workflows() -> list[dict[str, Any]]:
+        return [{"name": w.NAME, "exclusive": w.EXCLUSIVE} for w in BY_NAME.values()]
+
+    async def inventory(id: list[str]) -> dict[str, dict[str, Any]]:
+        if not id:
+            raise HTTPException(status_code=400, detail="no IDs provided (use ?id=...)")
+        return await svc().store.retrieve(id)
+
+    app.get("/v1/inventory", tags=["inventory"], dependencies=auth, responses=err)(inventory)
+    app.get("/inventory", tags=["inventory"], dependencies=auth, include_in_schema=False)(inventory)
+
+    @app.get("/v1/devinfolog", tags=["inventory"], dependencies=auth, responses=err)
+    async def devinfolog(id: str, limit: int = 50) -> list[dict[str, Any]]:
+        return await svc().store.device_information_log(id, min(max(limit, 1), 1000))
+
+    @app.get("/v1/runs", tags=["runs"], dependencies=auth, responses=err)
+    async def list_runs(
+        instance_id: str | None = None,
+        id: Annotated[str | None, Query(description="Enrollment ID")] = None,
+        workflow: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """Runs of an instance or an enrollment with their status and current step."""
+        query = runs.build_query(instance_id, id, workflow)
+        if not query:
+            raise HTTPException(status_code=400, detail="give instance_id, id or workflow")
+        return await runs.list_runs(svc().client, query)
+
+    @app.get("/v1/runs/state", tags=["runs"], dependencies=auth, responses=err)
+    async def run_state(workflow_id: str) -> dict[str, Any]:
+        """Live state of one run: current step, pending commands, NotNow counts."""
+        handle = svc().client.get_workflow_handle(workflow_id)
+        try:
+            state = await handle.query("state")
+        except RPCError as exc:
+            if exc.status == RPCStatusCode.NOT_FOUND:
+                raise HTTPException(status_code=404, detail=f"no run {workflow_id!r}") from exc
+            raise
+        return state if isinstance(state, dict) else dict(state)
+
+    return app

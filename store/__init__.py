@@ -1,0 +1,1 @@
+"""Persistent state outside Temporal: inventory and logs (SQLite file or PostgreSQL)."""

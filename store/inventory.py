@@ -1,0 +1,76 @@
+"""Inventory values per enrollment, merged key by key as NanoCMD does."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+
+from store.db import DeviceInfoLogRow, InventoryRow
+
+# Keys that must never be served by the inventory API even if a writer stored them.
+SECRET_KEYS = frozenset({"prk", "pin", "recovery_key"})
+
+
+class InventoryStore:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._sessions = async_sessionmaker(engine, expire_on_commit=False)
+
+    async def store_values(self, enrollment_id: str, values: dict[str, Any], source: str) -> None:
+        now = datetime.now(UTC)
+        clean = {k: v for k, v in values.items() if k not in SECRET_KEYS}
+        async with self._sessions() as session, session.begin():
+            row = await session.get(InventoryRow, enrollment_id, with_for_update=True)
+            merged = dict(row.values) if row is not None else {}
+            merged.update(clean)
+            merged["last_source"] = source
+            merged["modified"] = now.isoformat()
+            if row is None:
+                session.add(InventoryRow(enrollment_id=enrollment_id, values=merged, modified=now))
+            else:
+                row.values = merged
+                row.modified = now
+
+    async def retrieve(self, enrollment_ids: list[str]) -> dict[str, dict[str, Any]]:
+        async with self._sessions() as session:
+            rows = await session.scalars(
+                select(InventoryRow).where(InventoryRow.enrollment_id.in_(enrollment_ids))
+            )
+            return {
+                r.enrollment_id: {k: v for k, v in r.values.items() if k not in SECRET_KEYS}
+                for r in rows
+            }
+
+    async def log_device_information(
+        self, enrollment_id: str, command_uuid: str, query_responses: dict[str, Any]
+    ) -> None:
+        async with self._sessions() as session, session.begin():
+            session.add(
+                DeviceInfoLogRow(
+                    enrollment_id=enrollment_id,
+                    command_uuid=command_uuid,
+                    query_responses=query_responses,
+                    created=datetime.now(UTC),
+                )
+            )
+
+    async def device_information_log(
+        self, enrollment_id: str, limit: int = 50
+    ) -> list[dict[str, Any]]:
+        async with self._sessions() as session:
+            rows = await session.scalars(
+                select(DeviceInfoLogRow)
+                .where(DeviceInfoLogRow.enrollment_id == enrollment_id)
+                .order_by(DeviceInfoLogRow.id.desc())
+                .limit(limit)
+            )
+            return [
+                {
+                    "command_uuid": r.command_uuid,
+                    "created": r.created.isoformat(),
+                    "query_responses": r.query_responses,
+                }
+                for r in rows
+            ]

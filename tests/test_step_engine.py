@@ -1,0 +1,187 @@
+"""The step engine on the time-skipping server: answers, NotNow, duplicates, timeouts."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from datetime import timedelta
+
+import pytest
+from temporalio.client import WorkflowFailureError, WorkflowHandle
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
+
+from protocol import routing
+from tests.workflow_harness import RecordingInventory, RecordingMdm, enrollment, report
+from worker import PASSTHROUGH
+from workflows.devinfolog import DevInfoLogWorkflow
+from workflows.inventory import InventoryWorkflow
+from workflows.models import RunResult, RunState, WorkflowInput
+from workflows.registry import WORKFLOWS
+
+DEVINFO = {"QueryResponses": {"SerialNumber": "C02XYZ", "Model": "Mac16,10", "OSVersion": "15.4"}}
+SECINFO = {"SecurityInfo": {"FDE_Enabled": False, "SystemIntegrityProtectionEnabled": True}}
+
+
+class Harness:
+    def __init__(self, env: WorkflowEnvironment, queue: str) -> None:
+        self.env = env
+        self.queue = queue
+        self.mdm = RecordingMdm()
+        self.inventory = RecordingInventory()
+
+    async def start(
+        self, workflow: str = InventoryWorkflow.NAME, **kw: object
+    ) -> tuple[str, WorkflowHandle[object, RunResult]]:
+        eid = enrollment()
+        inp = WorkflowInput(enrollment_id=eid, instance_id=str(uuid.uuid4()), **kw)  # type: ignore[arg-type]
+        handle: WorkflowHandle[object, RunResult] = await self.env.client.start_workflow(
+            workflow,
+            inp,
+            id=routing.workflow_id(workflow, eid),
+            task_queue=self.queue,
+            result_type=RunResult,
+        )
+        return eid, handle
+
+
+@pytest.fixture
+async def harness(time_env: WorkflowEnvironment) -> AsyncIterator[Harness]:
+    h = Harness(time_env, f"tq-{uuid.uuid4()}")
+    async with Worker(
+        time_env.client,
+        task_queue=h.queue,
+        workflows=list(WORKFLOWS),
+        activities=[
+            h.mdm.send_step,
+            h.mdm.push,
+            h.inventory.store,
+            h.inventory.log_device_information,
+        ],
+        workflow_runner=SandboxedWorkflowRunner(
+            restrictions=SandboxRestrictions.default.with_passthrough_modules(*PASSTHROUGH)
+        ),
+    ):
+        yield h
+
+
+async def state(handle: WorkflowHandle[object, RunResult]) -> RunState:
+    return await handle.query("state", result_type=RunState)
+
+
+async def test_acknowledged_step_completes_and_stores_inventory(harness: Harness) -> None:
+    eid, handle = await harness.start()
+    (sent,) = await harness.mdm.wait_sent()
+    assert [c.command.request_type for c in sent.commands] == ["DeviceInformation", "SecurityInfo"]
+    devinfo, secinfo = (c.command_uuid for c in sent.commands)
+    assert all(routing.parse_command_uuid(u) is not None for u in (devinfo, secinfo))
+    await handle.signal("command_report", report(eid, devinfo, "DeviceInformation", **DEVINFO))
+    await handle.signal("command_report", report(eid, secinfo, "SecurityInfo", **SECINFO))
+    result = await handle.result()
+    assert result.status == "completed"
+    (update,) = harness.inventory.updates
+    assert update.values == {
+        "serial_number": "C02XYZ",
+        "model": "Mac16,10",
+        "os_version": "15.4",
+        "fde_enabled": False,
+        "sip_enabled": True,
+    }
+
+
+async def test_notnow_then_ack_completes_once_and_duplicates_change_nothing(
+    harness: Harness,
+) -> None:
+    eid, handle = await harness.start()
+    (sent,) = await harness.mdm.wait_sent()
+    devinfo, secinfo = (c.command_uuid for c in sent.commands)
+    await handle.signal("command_report", report(eid, devinfo, "DeviceInformation", "NotNow"))
+    mid = await state(handle)
+    assert mid.steps[0].commands[0].not_now_count == 1
+    assert not mid.steps[0].commands[0].answered
+    ack = report(eid, devinfo, "DeviceInformation", **DEVINFO)
+    await handle.signal("command_report", ack)
+    await handle.signal("command_report", ack)  # duplicated webhook
+    other = report(enrollment(), secinfo, "SecurityInfo", **SECINFO)
+    await handle.signal("command_report", other)  # somebody else's device
+    await handle.signal("command_report", report(eid, secinfo, "SecurityInfo", **SECINFO))
+    await handle.signal("command_report", report(eid, devinfo, "DeviceInformation", "NotNow"))
+    result = await handle.result()
+    assert result.status == "completed"
+    assert len(harness.inventory.updates) == 1
+    final = await state(handle)
+    assert final.ignored_reports == 2  # the duplicate Ack and the late NotNow
+    assert final.rejected_reports == 1
+    assert final.steps[0].commands[0].not_now_count == 1
+    assert final.steps[0].status == "completed"
+
+
+async def test_silent_device_is_repushed_reissued_and_times_out_after_72h(
+    harness: Harness,
+) -> None:
+    _eid, handle = await harness.start()
+    result = await handle.result()
+    assert result.status == "timed_out"
+    assert "timed out" in result.message
+    final = await state(handle)
+    step = final.steps[0]
+    duration = step.finished_at - step.started_at  # type: ignore[operator]
+    assert abs(duration - timedelta(hours=72)) < timedelta(seconds=1)
+    # re-pushed on the backoff schedule, and the read-only commands re-issued
+    assert len(harness.mdm.pushes) >= 5
+    reissued = [c for s in harness.mdm.sent[1:] for c in s.commands]
+    assert {c.command.request_type for c in reissued} == {"DeviceInformation", "SecurityInfo"}
+    assert step.commands[0].reissued_as
+    assert harness.inventory.updates == []
+
+
+async def test_answer_to_reissued_uuid_completes_the_command(harness: Harness) -> None:
+    eid, handle = await harness.start()
+    await harness.mdm.wait_sent(1)
+    # let two re-push intervals pass (1 + 5 minutes) so the commands are re-issued
+    await harness.env.sleep(timedelta(minutes=7))
+    sent = await harness.mdm.wait_sent(2)
+    aliases = {c.command.request_type: c.command_uuid for c in sent[1].commands}
+    original = {c.command.request_type: c.command_uuid for c in sent[0].commands}
+    assert set(aliases.values()).isdisjoint(original.values())
+    await handle.signal(
+        "command_report",
+        report(eid, aliases["DeviceInformation"], "DeviceInformation", **DEVINFO),
+    )
+    await handle.signal(
+        "command_report", report(eid, original["SecurityInfo"], "SecurityInfo", **SECINFO)
+    )
+    result = await handle.result()
+    assert result.status == "completed"
+
+
+async def test_workflow_step_timeout_overrides_engine_default(harness: Harness) -> None:
+    _eid, handle = await harness.start(step_timeout_seconds=90)
+    result = await handle.result()
+    assert result.status == "timed_out"
+    step = (await state(handle)).steps[0]
+    assert step.deadline is not None
+    assert abs(step.deadline - step.started_at - timedelta(seconds=90)) < timedelta(seconds=1)
+
+
+async def test_device_error_fails_the_run_with_the_error_chain(harness: Harness) -> None:
+    eid, handle = await harness.start(DevInfoLogWorkflow.NAME)
+    (sent,) = await harness.mdm.wait_sent()
+    await handle.signal(
+        "command_report",
+        report(eid, sent.commands[0].command_uuid, "DeviceInformation", "Error"),
+    )
+    result = await handle.result()
+    assert result.status == "failed"
+    assert "MCMDMErrorDomain 12021" in result.message
+    assert harness.inventory.logged == []
+
+
+async def test_permanent_enqueue_error_fails_the_workflow_clearly(harness: Harness) -> None:
+    harness.mdm.fail_with = "MDM server rejected the API key (401)"
+    _eid, handle = await harness.start()
+    with pytest.raises(WorkflowFailureError) as info:
+        await handle.result()
+    assert "did not take the commands" in str(info.value.cause)
+    assert "401" in str(info.value.cause)

@@ -1,0 +1,102 @@
+"""Test doubles for the activities, so the step engine is tested on the time-skipping server.
+
+The end-to-end tests use the real activities against the simulator; here the MDM server
+is replaced by a recorder so a test decides exactly when and what the device answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import uuid
+from typing import Any
+
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from activities.models import (
+    DeviceInfoLogEntry,
+    InventoryUpdate,
+    PushInput,
+    PushResult,
+    SendStepInput,
+    SendStepResult,
+)
+from protocol import plist
+from protocol.results import CommandReport, parse_report
+
+
+class RecordingMdm:
+    """Records what the engine sends; can be told to fail permanently."""
+
+    def __init__(self) -> None:
+        self.sent: list[SendStepInput] = []
+        self.pushes: list[PushInput] = []
+        self.sent_event = asyncio.Event()
+        self.fail_with: str | None = None
+
+    @activity.defn(name="mdm.send_step")
+    async def send_step(self, inp: SendStepInput) -> SendStepResult:
+        if self.fail_with:
+            raise ApplicationError(self.fail_with, non_retryable=True)
+        self.sent.append(inp)
+        self.sent_event.set()
+        return SendStepResult(queued=[c.command_uuid for c in inp.commands])
+
+    @activity.defn(name="mdm.push")
+    async def push(self, inp: PushInput) -> PushResult:
+        self.pushes.append(inp)
+        return PushResult()
+
+    async def wait_sent(self, count: int = 1, timeout: float = 10) -> list[SendStepInput]:
+        async def _wait() -> None:
+            while len(self.sent) < count:
+                self.sent_event.clear()
+                await self.sent_event.wait()
+
+        await asyncio.wait_for(_wait(), timeout)
+        return self.sent
+
+
+class RecordingInventory:
+    def __init__(self) -> None:
+        self.updates: list[InventoryUpdate] = []
+        self.logged: list[DeviceInfoLogEntry] = []
+
+    @activity.defn(name="inventory.store")
+    async def store(self, update: InventoryUpdate) -> None:
+        self.updates.append(update)
+
+    @activity.defn(name="inventory.log_device_information")
+    async def log_device_information(self, entry: DeviceInfoLogEntry) -> None:
+        self.logged.append(entry)
+
+
+def report(
+    enrollment_id: str,
+    command_uuid: str,
+    request_type: str,
+    status: str = "Acknowledged",
+    **body: Any,
+) -> CommandReport:
+    """A report built the way a device sends it (plist), parsed as the relay parses it."""
+    doc: dict[str, Any] = {
+        "CommandUUID": command_uuid,
+        "RequestType": request_type,
+        "Status": status,
+        "UDID": enrollment_id,
+        **body,
+    }
+    if status == "Error":
+        doc["ErrorChain"] = [
+            {"ErrorCode": 12021, "ErrorDomain": "MCMDMErrorDomain", "LocalizedDescription": "no"}
+        ]
+    return parse_report(plist.dumps(doc), enrollment_id)
+
+
+def enrollment() -> str:
+    return str(uuid.uuid4()).upper()
+
+
+def b64(raw: bytes) -> str:
+    return base64.b64encode(raw).decode()

@@ -1,0 +1,1 @@
+"""MDM workflows: each file is one NanoCMD-compatible workflow built on the step engine."""

@@ -1,0 +1,48 @@
+"""``io.micromdm.wf.devinfolog.v1``: ask a device for its DeviceInformation and log it.
+
+Commands that reach the device, in one step:
+  1. DeviceInformation with the inventory queries
+The answer is written to the worker log and kept in the device-information log
+(``GET /v1/devinfolog?id=...``). A device Error fails the run with the error chain.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from temporalio import workflow
+
+with workflow.unsafe.imports_passed_through():
+    from activities.models import DeviceInfoLogEntry
+    from protocol.commands import device_information
+    from protocol.results import DeviceInformationResponse, typed
+    from workflows.engine import MdmWorkflow
+    from workflows.models import RunResult, WorkflowInput
+
+
+@workflow.defn(name="io.micromdm.wf.devinfolog.v1")
+class DevInfoLogWorkflow(MdmWorkflow):
+    NAME = "io.micromdm.wf.devinfolog.v1"
+    CODE = "dil"
+
+    @workflow.run
+    async def run(self, inp: WorkflowInput) -> RunResult:
+        self.begin(inp)
+        step = await self.step("devinfo", [device_information()])
+        if step.timed_out:
+            return self.finish("timed_out", step.describe())
+        report = step.results[0]
+        if report is None or report.status != "Acknowledged":
+            return self.finish("failed", step.describe())
+        responses = typed(report, DeviceInformationResponse).query_responses
+        await workflow.execute_activity(
+            "inventory.log_device_information",
+            DeviceInfoLogEntry(
+                enrollment_id=inp.enrollment_id,
+                command_uuid=report.command_uuid,
+                query_responses=responses.model_dump(by_alias=True, exclude_none=True),
+            ),
+            start_to_close_timeout=timedelta(seconds=30),
+            summary="log device information",
+        )
+        return self.finish("completed", "device information logged")

@@ -1,0 +1,287 @@
+"""The step engine: every MDM workflow sends its commands through :meth:`MdmWorkflow.step`.
+
+A step sends 1..n commands to one enrollment and waits until each has a final answer
+(Acknowledged, Error, CommandFormatError) or the step times out:
+
+- CommandUUIDs are made here, deterministically, and carry the route back to this
+  workflow (see :mod:`protocol.routing`), so the relay needs no lookup;
+- one activity enqueues them all (``nopush``) and pushes once;
+- answers arrive as ``command_report`` signals; NotNow is recorded and never completes
+  a command; duplicates, late reports and reports for another enrollment change nothing;
+- while commands are outstanding the device is re-pushed on a backoff schedule, and a
+  read-only command that stays silent is re-issued under a new UUID (webhooks are
+  fire-and-forget, one can be lost);
+- timeout precedence: the step's, then the workflow input's, then 72 hours.
+
+:meth:`MdmWorkflow.before_step` is the one place that decides whether the next step may
+be sent; operator controls and safety policies hook in there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import ClassVar
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, ApplicationError
+
+with workflow.unsafe.imports_passed_through():
+    from activities.models import PushInput, QueuedCommand, SendStepInput, SendStepResult
+    from protocol import routing
+    from protocol.commands import Command
+    from protocol.results import CommandReport
+    from workflows import search_attributes as sa
+    from workflows.models import (
+        CommandProgress,
+        RunResult,
+        RunState,
+        RunStatus,
+        StepOutcome,
+        StepRecord,
+        WorkflowInput,
+    )
+
+ENGINE_DEFAULT_STEP_TIMEOUT = timedelta(hours=72)
+# Re-push intervals while commands are outstanding; the last one repeats.
+REPUSH_SCHEDULE: tuple[timedelta, ...] = (
+    timedelta(minutes=1),
+    timedelta(minutes=5),
+    timedelta(minutes=15),
+    timedelta(hours=1),
+    timedelta(hours=4),
+    timedelta(hours=12),
+)
+# After this many silent re-pushes a read-only command is re-issued, once, under a new UUID.
+REISSUE_AFTER_REPUSHES = 2
+
+SEND_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(minutes=1),
+)
+
+
+class MdmWorkflow:
+    """Base class of every MDM workflow: the step engine and the run state."""
+
+    NAME: ClassVar[str]
+    # Short code carried in CommandUUIDs; unique per workflow, no '.'.
+    CODE: ClassVar[str]
+    # NanoCMD semantics: one running instance per (workflow, enrollment) unless False.
+    EXCLUSIVE: ClassVar[bool] = True
+    DEFAULT_STEP_TIMEOUT: ClassVar[timedelta | None] = None
+    REPUSH_SCHEDULE: ClassVar[tuple[timedelta, ...]] = REPUSH_SCHEDULE
+
+    def __init__(self) -> None:
+        self._input: WorkflowInput | None = None
+        self._state = RunState()
+        # UUID (incl. re-issued aliases) -> index in the current step's commands
+        self._awaiting: dict[str, int] = {}
+        self._answers: list[CommandReport | None] = []
+
+    # ---- lifecycle -------------------------------------------------------------------
+
+    def begin(self, inp: WorkflowInput) -> None:
+        """Record who this run is for; call first in ``run``."""
+        self._input = inp
+        self._state.workflow_name = self.NAME
+        self._state.enrollment_id = inp.enrollment_id
+        self._state.instance_id = inp.instance_id
+
+    @property
+    def input(self) -> WorkflowInput:
+        if self._input is None:
+            raise RuntimeError("begin() was not called")
+        return self._input
+
+    def finish(self, status: RunStatus, message: str) -> RunResult:
+        """End the run with a status and a sentence for the operator."""
+        self._state.status = status
+        self._state.message = message
+        self._state.current_step = None
+        workflow.upsert_search_attributes([sa.CURRENT_STEP.value_set(f"done:{status}")])
+        if status == "completed":
+            workflow.logger.info("%s: %s", self.input.enrollment_id, message)
+        else:
+            workflow.logger.warning("%s: %s", self.input.enrollment_id, message)
+        return RunResult(
+            status=status,
+            message=message,
+            enrollment_id=self.input.enrollment_id,
+            instance_id=self.input.instance_id,
+        )
+
+    # ---- handlers --------------------------------------------------------------------
+
+    @workflow.signal(name="command_report")
+    def on_command_report(self, report: CommandReport) -> None:
+        """A device's report, routed here by the relay."""
+        if self._input is not None and report.enrollment_id != self._input.enrollment_id:
+            self._state.rejected_reports += 1
+            workflow.logger.warning(
+                "rejected report for %s (this run is for %s)",
+                report.enrollment_id,
+                self._input.enrollment_id,
+            )
+            return
+        index = self._awaiting.get(report.command_uuid)
+        if index is None or self._answers[index] is not None or report.status == "Idle":
+            self._state.ignored_reports += 1  # duplicate, late, or not ours
+            return
+        progress = self._state.steps[-1].commands[index]
+        progress.last_status = report.status
+        self._state.last_report_status = report.status
+        if report.status == "NotNow":
+            progress.not_now_count += 1  # the device retries by itself
+            return
+        progress.answered = True
+        if report.status != "Acknowledged":
+            progress.error = report.error_summary
+        self._answers[index] = report
+
+    @workflow.query(name="state")
+    def query_state(self) -> RunState:
+        return self._state
+
+    # ---- the step --------------------------------------------------------------------
+
+    async def before_step(self, name: str) -> None:
+        """The one place asked "may I send the next step?" (pause, policies, e-stop)."""
+
+    def _step_timeout(self, timeout: timedelta | None) -> timedelta:
+        if timeout is not None:
+            return timeout
+        if self.input.step_timeout_seconds:
+            return timedelta(seconds=self.input.step_timeout_seconds)
+        return self.DEFAULT_STEP_TIMEOUT or ENGINE_DEFAULT_STEP_TIMEOUT
+
+    def _new_uuid(self) -> str:
+        instance = None if self.EXCLUSIVE else self.input.instance_id
+        return routing.command_uuid(self.CODE, instance, workflow.uuid4().hex[:20])
+
+    async def step(
+        self,
+        name: str,
+        commands: Sequence[Command],
+        *,
+        timeout: timedelta | None = None,
+        not_until: datetime | None = None,
+    ) -> StepOutcome:
+        """Send ``commands`` to this run's enrollment and wait for their final answers."""
+        if not commands:
+            raise ValueError("a step needs at least one command")
+        await self.before_step(name)
+        record = StepRecord(name=name, status="waiting", started_at=workflow.now())
+        self._state.steps.append(record)
+        self._state.current_step = name
+        workflow.upsert_search_attributes([sa.CURRENT_STEP.value_set(name)])
+        if not_until is not None and not_until > workflow.now():
+            await workflow.sleep(not_until - workflow.now())
+
+        deadline = workflow.now() + self._step_timeout(timeout)
+        record.deadline = deadline
+        record.status = "sending"
+        queued = [QueuedCommand(command_uuid=self._new_uuid(), command=c) for c in commands]
+        record.commands = [
+            CommandProgress(command_uuid=q.command_uuid, request_type=q.command.request_type)
+            for q in queued
+        ]
+        self._awaiting = {q.command_uuid: i for i, q in enumerate(queued)}
+        self._answers = [None] * len(queued)
+
+        await self._send(record, queued, deadline)
+        record.status = "pending"
+        timed_out = not await self._wait_for_answers(record, commands, deadline)
+
+        record.status = "timed_out" if timed_out else "completed"
+        record.finished_at = workflow.now()
+        outcome = StepOutcome(name=name, results=list(self._answers), timed_out=timed_out)
+        self._awaiting = {}
+        self._answers = []
+        return outcome
+
+    async def _send(
+        self, record: StepRecord, queued: list[QueuedCommand], deadline: datetime
+    ) -> None:
+        try:
+            result = await workflow.execute_activity(
+                "mdm.send_step",
+                SendStepInput(enrollment_id=self.input.enrollment_id, commands=queued),
+                start_to_close_timeout=timedelta(seconds=60),
+                schedule_to_close_timeout=max(deadline - workflow.now(), timedelta(minutes=1)),
+                retry_policy=SEND_RETRY,
+                result_type=SendStepResult,
+                summary=f"send {record.name}",
+            )
+        except ActivityError as exc:
+            cause = exc.cause.message if isinstance(exc.cause, ApplicationError) else str(exc)
+            raise ApplicationError(
+                f"step {record.name!r}: the MDM server did not take the commands: {cause}",
+                type="EnqueueFailed",
+                non_retryable=True,
+            ) from exc
+        record.pushes += 1
+        record.push_error = result.push_error
+
+    def _all_answered(self) -> bool:
+        return all(a is not None for a in self._answers)
+
+    async def _wait_for_answers(
+        self, record: StepRecord, commands: Sequence[Command], deadline: datetime
+    ) -> bool:
+        silent_repushes = 0
+        while not self._all_answered():
+            remaining = deadline - workflow.now()
+            if remaining <= timedelta(0):
+                return False
+            interval = self.REPUSH_SCHEDULE[min(silent_repushes, len(self.REPUSH_SCHEDULE) - 1)]
+            try:
+                await workflow.wait_condition(self._all_answered, timeout=min(remaining, interval))
+            except TimeoutError:
+                if workflow.now() >= deadline:
+                    return self._all_answered()
+                silent_repushes += 1
+                await self._repush(record, commands, silent_repushes)
+        return True
+
+    async def _repush(
+        self, record: StepRecord, commands: Sequence[Command], silent_repushes: int
+    ) -> None:
+        reissue: list[QueuedCommand] = []
+        if silent_repushes >= REISSUE_AFTER_REPUSHES:
+            for i, command in enumerate(commands):
+                progress = record.commands[i]
+                if (
+                    self._answers[i] is None
+                    and command.read_only
+                    and not progress.reissued_as
+                    and progress.not_now_count == 0
+                ):
+                    alias = self._new_uuid()
+                    progress.reissued_as.append(alias)
+                    self._awaiting[alias] = i
+                    reissue.append(QueuedCommand(command_uuid=alias, command=command))
+        try:
+            if reissue:
+                await workflow.execute_activity(
+                    "mdm.send_step",
+                    SendStepInput(enrollment_id=self.input.enrollment_id, commands=reissue),
+                    start_to_close_timeout=timedelta(seconds=60),
+                    retry_policy=RetryPolicy(maximum_attempts=5),
+                    summary=f"re-issue {record.name}",
+                )
+            else:
+                await workflow.execute_activity(
+                    "mdm.push",
+                    PushInput(enrollment_ids=[self.input.enrollment_id]),
+                    start_to_close_timeout=timedelta(seconds=30),
+                    retry_policy=RetryPolicy(maximum_attempts=5),
+                    summary=f"re-push {record.name}",
+                )
+            record.pushes += 1
+        except ActivityError as exc:
+            # A failed re-push is not fatal: the commands are queued, the device will ask.
+            record.push_error = str(exc.cause or exc)
+            workflow.logger.warning("re-push for %s failed: %s", record.name, exc)

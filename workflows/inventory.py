@@ -1,0 +1,91 @@
+"""``io.micromdm.wf.inventory.v1``: refresh the inventory of one enrollment.
+
+Commands that reach the device, in one step:
+  1. DeviceInformation (serial, model, names, OS, MAC, Apple silicon, battery, ...)
+  2. SecurityInfo (SIP, FileVault)
+On success the answers are written to the inventory store (``GET /v1/inventory``).
+On a device Error the other answer is still stored and the run fails with the error;
+if the device does not answer within the step timeout the run ends ``timed_out``.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from temporalio import workflow
+
+with workflow.unsafe.imports_passed_through():
+    from activities.models import InventoryUpdate
+    from protocol.commands import device_information, security_info
+    from protocol.results import (
+        CommandReport,
+        DeviceInformationResponse,
+        SecurityInfoResponse,
+        typed,
+    )
+    from workflows.engine import MdmWorkflow
+    from workflows.models import RunResult, WorkflowInput
+
+# DeviceInformation query -> inventory key (NanoCMD's inventory keys).
+DEVICE_KEYS = {
+    "serial_number": "serial_number",
+    "model": "model",
+    "model_name": "model_name",
+    "device_name": "device_name",
+    "build_version": "build_version",
+    "os_version": "os_version",
+    "ethernet_mac": "ethernet_mac",
+    "is_supervised": "supervised",
+    "is_apple_silicon": "apple_silicon",
+    "has_battery": "has_battery",
+    "supports_lom_device": "supports_lom",
+    "is_multi_user": "is_multiuser",
+}
+
+
+def device_values(report: CommandReport) -> dict[str, Any]:
+    qr = typed(report, DeviceInformationResponse).query_responses
+    values = {key: getattr(qr, attr) for attr, key in DEVICE_KEYS.items()}
+    return {k: v for k, v in values.items() if v is not None}
+
+
+def security_values(report: CommandReport) -> dict[str, Any]:
+    si = typed(report, SecurityInfoResponse).security_info
+    values = {"sip_enabled": si.sip_enabled, "fde_enabled": si.fde_enabled}
+    return {k: v for k, v in values.items() if v is not None}
+
+
+@workflow.defn(name="io.micromdm.wf.inventory.v1")
+class InventoryWorkflow(MdmWorkflow):
+    NAME = "io.micromdm.wf.inventory.v1"
+    CODE = "inv"
+
+    @workflow.run
+    async def run(self, inp: WorkflowInput) -> RunResult:
+        self.begin(inp)
+        step = await self.step("inventory", [device_information(), security_info()])
+        if step.timed_out:
+            return self.finish("timed_out", step.describe())
+
+        values: dict[str, Any] = {}
+        source = []
+        devinfo, secinfo = step.results  # answers come back in command order
+        if devinfo is not None and devinfo.status == "Acknowledged":
+            values.update(device_values(devinfo))
+            source.append("DeviceInformation")
+        if secinfo is not None and secinfo.status == "Acknowledged":
+            values.update(security_values(secinfo))
+            source.append("SecurityInfo")
+        if values:
+            await workflow.execute_activity(
+                "inventory.store",
+                InventoryUpdate(
+                    enrollment_id=inp.enrollment_id, values=values, source="+".join(source)
+                ),
+                start_to_close_timeout=timedelta(seconds=30),
+                summary="store inventory",
+            )
+        if step.errors:
+            return self.finish("failed", step.describe())
+        return self.finish("completed", f"inventory updated ({len(values)} values)")

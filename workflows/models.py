@@ -1,0 +1,109 @@
+"""Workflow inputs, step outcomes and the operator-visible run state.
+
+:class:`RunState` is the one model that the ``state`` query, the API's run details and
+the search attributes are all derived from.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from protocol.results import CommandReport
+
+
+class WorkflowInput(BaseModel):
+    enrollment_id: str
+    instance_id: str
+    context: str | None = None
+    url_params: dict[str, str] = Field(default_factory=dict)
+    # Workflow-level default step timeout; a step's own timeout wins, the engine's 72 h loses.
+    step_timeout_seconds: float | None = None
+
+
+class CommandProgress(BaseModel):
+    """One command of a step as an operator sees it."""
+
+    command_uuid: str
+    request_type: str
+    # Extra UUIDs under which a read-only command was re-issued after a long silence.
+    reissued_as: list[str] = Field(default_factory=list)
+    not_now_count: int = 0
+    last_status: str | None = None
+    error: str | None = None
+    answered: bool = False
+
+
+StepStatus = Literal["waiting", "sending", "pending", "completed", "timed_out"]
+
+
+class StepRecord(BaseModel):
+    name: str
+    status: StepStatus = "sending"
+    started_at: datetime
+    finished_at: datetime | None = None
+    deadline: datetime | None = None
+    commands: list[CommandProgress] = Field(default_factory=list)
+    pushes: int = 0
+    push_error: str | None = None
+
+
+class StepOutcome(BaseModel):
+    """What a step returns: final answers in command order, and whether it timed out."""
+
+    name: str
+    results: list[CommandReport | None]
+    timed_out: bool = False
+
+    @property
+    def acknowledged(self) -> bool:
+        return not self.timed_out and all(
+            r is not None and r.status == "Acknowledged" for r in self.results
+        )
+
+    def answer(self, request_type: str) -> CommandReport | None:
+        for r in self.results:
+            if r is not None and r.request_type == request_type:
+                return r
+        return None
+
+    @property
+    def errors(self) -> list[CommandReport]:
+        return [r for r in self.results if r is not None and r.status != "Acknowledged"]
+
+    def describe(self) -> str:
+        if self.timed_out:
+            missing = sum(1 for r in self.results if r is None)
+            return f"step {self.name!r} timed out with {missing} command(s) unanswered"
+        if self.errors:
+            return f"step {self.name!r}: " + "; ".join(
+                f"{r.request_type or r.command_uuid}: {r.error_summary}" for r in self.errors
+            )
+        return f"step {self.name!r} acknowledged"
+
+
+RunStatus = Literal["running", "completed", "failed", "timed_out"]
+
+
+class RunState(BaseModel):
+    workflow_name: str = ""
+    enrollment_id: str = ""
+    instance_id: str = ""
+    status: RunStatus = "running"
+    current_step: str | None = None
+    message: str | None = None
+    steps: list[StepRecord] = Field(default_factory=list)
+    ignored_reports: int = 0
+    rejected_reports: int = 0
+    last_report_status: str | None = None
+
+
+class RunResult(BaseModel):
+    """A workflow's return value: final status and a sentence a person understands."""
+
+    status: RunStatus
+    message: str
+    enrollment_id: str
+    instance_id: str

@@ -1,0 +1,14 @@
+"""Every workflow mdmflow runs, by NanoCMD name and by CommandUUID code."""
+
+from __future__ import annotations
+
+from workflows.devinfolog import DevInfoLogWorkflow
+from workflows.engine import MdmWorkflow
+from workflows.inventory import InventoryWorkflow
+
+WORKFLOWS: tuple[type[MdmWorkflow], ...] = (InventoryWorkflow, DevInfoLogWorkflow)
+
+BY_NAME: dict[str, type[MdmWorkflow]] = {w.NAME: w for w in WORKFLOWS}
+BY_CODE: dict[str, type[MdmWorkflow]] = {w.CODE: w for w in WORKFLOWS}
+
+assert len(BY_CODE) == len(WORKFLOWS), "workflow codes must be unique"
