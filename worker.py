@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from temporalio.client import Client
 from temporalio.worker import Worker
@@ -39,7 +40,7 @@ def build_worker(
 ) -> Worker:
     mdm_acts = MdmActivities(mdm)
     inv_acts = InventoryActivities(store)
-    activities: Sequence[object] = [
+    activities: Sequence[Callable[..., Any]] = [
         mdm_acts.send_step,
         mdm_acts.push,
         inv_acts.store,

@@ -50,6 +50,27 @@ class ErrorBody(BaseModel):
     error: str
 
 
+_basic = HTTPBasic(auto_error=False)
+
+
+def authorised(
+    request: Request, creds: Annotated[HTTPBasicCredentials | None, Depends(_basic)]
+) -> None:
+    """HTTP Basic ``nanocmd:<MDMFLOW_API_KEY>``, compared in constant time."""
+    key: str = request.app.state.api_key
+    ok = (
+        creds is not None
+        and secrets.compare_digest(creds.username.encode(), b"nanocmd")
+        and secrets.compare_digest(creds.password.encode(), key.encode())
+    )
+    if not ok:
+        raise HTTPException(
+            status_code=401,
+            detail="API key is missing or invalid (HTTP Basic, user nanocmd)",
+            headers={"WWW-Authenticate": 'Basic realm="mdmflow"'},
+        )
+
+
 def create_app(
     services: Services | Callable[[], Awaitable[Services]],
     api_key: str,
@@ -70,24 +91,11 @@ def create_app(
         description="Durable Apple MDM workflows on Temporal (NanoCMD-compatible API).",
         lifespan=lifespan,
     )
-    basic = HTTPBasic(auto_error=False)
+    app.state.api_key = api_key
 
     def svc() -> Services:
         s: Services = holder["services"]
         return s
-
-    def authorised(creds: Annotated[HTTPBasicCredentials | None, Depends(basic)]) -> None:
-        ok = (
-            creds is not None
-            and secrets.compare_digest(creds.username.encode(), b"nanocmd")
-            and secrets.compare_digest(creds.password.encode(), api_key.encode())
-        )
-        if not ok:
-            raise HTTPException(
-                status_code=401,
-                detail="API key is missing or invalid (HTTP Basic, user nanocmd)",
-                headers={"WWW-Authenticate": 'Basic realm="mdmflow"'},
-            )
 
     @app.exception_handler(HTTPException)
     async def http_error(_r: Request, exc: HTTPException) -> JSONResponse:
@@ -108,7 +116,7 @@ def create_app(
     app.include_router(webhook_router(lambda: holder["router"], hmac_key))
 
     auth = [Depends(authorised)]
-    err = {400: {"model": ErrorBody}, 401: {"model": ErrorBody}}
+    err: dict[int | str, dict[str, Any]] = {400: {"model": ErrorBody}, 401: {"model": ErrorBody}}
 
     @app.get("/version", tags=["meta"])
     async def version() -> dict[str, str]:
@@ -143,7 +151,9 @@ def create_app(
     async def workflows() -> list[dict[str, Any]]:
         return [{"name": w.NAME, "exclusive": w.EXCLUSIVE} for w in BY_NAME.values()]
 
-    async def inventory(id: list[str]) -> dict[str, dict[str, Any]]:
+    async def inventory(
+        id: Annotated[list[str], Query(description="Enrollment ID (repeat for many)")] = [],  # noqa: B006
+    ) -> dict[str, dict[str, Any]]:
         if not id:
             raise HTTPException(status_code=400, detail="no IDs provided (use ?id=...)")
         return await svc().store.retrieve(id)

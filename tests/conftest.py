@@ -10,7 +10,13 @@ import pytest
 from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
 from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
+
+from mdmflow.temporal_client import connect
+from mdmflow.temporal_server import DevServer, free_port
+from store.db import open_engine
+from store.inventory import InventoryStore
 
 from workflows import search_attributes as sa
 
@@ -28,10 +34,37 @@ async def time_env() -> AsyncIterator[WorkflowEnvironment]:
     await env.client.operator_service.add_search_attributes(
         AddSearchAttributesRequest(
             namespace=env.client.namespace,
-            search_attributes={
-                k.name: IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD for k in sa.ALL
-            },
+            search_attributes={k.name: IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD for k in sa.ALL},
         )
     )
     yield env
     await env.shutdown()
+
+
+@pytest.fixture(scope="session")
+async def dev_server(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[DevServer]:
+    """The real embedded Temporal dev server (SQLite file), launched as ``make run`` does."""
+    server = DevServer(
+        db_file=tmp_path_factory.mktemp("temporal") / "temporal.db",
+        port=free_port(),
+        ui_port=None,
+        log_file=tmp_path_factory.getbasetemp() / "temporal.log",
+    )
+    server.start()
+    await server.wait_ready_async()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+async def dev_client(dev_server: DevServer) -> Client:
+    return await connect(dev_server.address, dev_server.namespace)
+
+
+@pytest.fixture(scope="session")
+async def inventory_store(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> AsyncIterator[InventoryStore]:
+    engine = await open_engine(f"sqlite:///{tmp_path_factory.mktemp('db') / 'mdmflow.db'}")
+    yield InventoryStore(engine)
+    await engine.dispose()

@@ -1,0 +1,196 @@
+"""``mdmflow up``: the whole embedded stack in one command (what ``make run`` runs).
+
+Starts, in order: the Temporal dev server (unless ``TEMPORAL_ADDRESS`` is set), the
+device simulator (unless ``MDMFLOW_MDM_URL`` is set), the worker, and the API + relay;
+prints where everything is; stops everything cleanly on Ctrl-C or when one part dies.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from mdmflow import config
+from mdmflow.temporal_server import DevServer, port_open
+
+log = logging.getLogger("mdmflow.stack")
+
+
+def _persisted_secret(path: Path) -> str:
+    if path.exists():
+        return path.read_text().strip()
+    value = secrets.token_urlsafe(24)
+    path.write_text(value + "\n")
+    path.chmod(0o600)
+    return value
+
+
+def _wait_http(url: str, timeout: float, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args!r} exited with {proc.returncode}")
+        try:
+            if httpx.get(url, timeout=1).status_code < 500:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"{url} did not answer within {timeout:.0f}s")
+
+
+class Stack:
+    def __init__(self, devices: int) -> None:
+        self.settings = config.load()
+        self.devices = devices
+        self.children: list[tuple[str, subprocess.Popen[bytes]]] = []
+        self.temporal: DevServer | None = None
+        self.env = dict(os.environ)
+
+    def _spawn(self, name: str, *args: str) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen([sys.executable, "-m", "mdmflow", *args], env=self.env)
+        self.children.append((name, proc))
+        return proc
+
+    def start(self) -> None:
+        s = self.settings
+        s.var_dir.mkdir(parents=True, exist_ok=True)
+        if s.embedded_temporal:
+            host, _, port = s.temporal_address.rpartition(":")
+            if port_open(host, int(port)):
+                raise SystemExit(f"port {port} is taken: is another Temporal server running?")
+            ui_port = int(os.environ.get("MDMFLOW_TEMPORAL_UI_PORT", "8233"))
+            self.temporal = DevServer(
+                db_file=s.var_dir / "temporal.db",
+                host=host,
+                port=int(port),
+                ui_port=ui_port,
+                namespace=s.temporal_namespace,
+                log_file=s.var_dir / "temporal.log",
+            )
+            log.info("starting Temporal dev server (%s)", self.temporal.db_file)
+            self.temporal.start()
+            self.temporal.wait_ready()
+        self.env["TEMPORAL_ADDRESS"] = s.temporal_address
+        self.env["TEMPORAL_NAMESPACE"] = s.temporal_namespace
+        self.env["MDMFLOW_API_KEY"] = s.api_key
+        self.env["MDMFLOW_VAR_DIR"] = str(s.var_dir)
+
+        if not s.mdm_url:
+            sim_port = os.environ.get("MDMFLOW_SIM_PORT", "9000")
+            sim_key = _persisted_secret(s.var_dir / "simulator_api_key")
+            hmac_key = s.webhook_hmac_key or _persisted_secret(s.var_dir / "webhook_hmac_key")
+            self.env.update(
+                MDMFLOW_MDM_URL=f"http://127.0.0.1:{sim_port}",
+                MDMFLOW_MDM_KIND="nanomdm",
+                MDMFLOW_MDM_API_KEY=sim_key,
+                MDMFLOW_WEBHOOK_HMAC_KEY=hmac_key,
+            )
+            relay = f"http://{s.listen_host}:{s.listen_port}/webhook"
+            sim = self._spawn(
+                "simulator",
+                "sim",
+                "serve",
+                "--port",
+                sim_port,
+                "--devices",
+                str(self.devices),
+                "--webhook-url",
+                relay,
+                "--hmac-key",
+                hmac_key,
+                "--api-key",
+                sim_key,
+            )
+            _wait_http(f"http://127.0.0.1:{sim_port}/sim/stats", 30, sim)
+
+        api = self._spawn("api", "serve")
+        self._spawn("worker", "worker")
+        _wait_http(f"http://{s.listen_host}:{s.listen_port}/version", 60, api)
+        self._banner()
+
+    def _banner(self) -> None:
+        s = self.settings
+        api = f"http://{s.listen_host}:{s.listen_port}"
+        lines = [
+            "",
+            "mdmflow is running",
+            f"  API + relay   {api}   (OpenAPI docs: {api}/docs)",
+            f"  webhook       {api}/webhook",
+            f"  API key       {s.api_key}   (HTTP Basic user 'nanocmd')",
+            f"  Temporal      {s.temporal_address} namespace {s.temporal_namespace}",
+        ]
+        if self.temporal is not None and self.temporal.ui_port:
+            lines.append(f"  Web UI        http://{self.temporal.host}:{self.temporal.ui_port}")
+        mdm = self.env.get("MDMFLOW_MDM_URL")
+        lines.append(f"  MDM server    {mdm} ({self.env.get('MDMFLOW_MDM_KIND', 'nanomdm')})")
+        example = self._example_device()
+        if example:
+            lines += [
+                "",
+                "Try:",
+                f"  curl -u nanocmd:{s.api_key} -X POST "
+                f"'{api}/v1/workflow/io.micromdm.wf.inventory.v1/start?id={example}'",
+                f"  curl -u nanocmd:{s.api_key} '{api}/v1/inventory?id={example}'",
+            ]
+        lines.append("\nCtrl-C stops everything.")
+        print("\n".join(lines), flush=True)
+
+    def _example_device(self) -> str | None:
+        if self.settings.mdm_url:
+            return None
+        url = self.env["MDMFLOW_MDM_URL"] + "/sim/devices"
+        try:
+            devices = httpx.get(url, auth=("nanomdm", self.env["MDMFLOW_MDM_API_KEY"])).json()
+            return str(devices[0]["id"]) if devices else None
+        except (httpx.HTTPError, ValueError, KeyError, IndexError, TypeError):
+            return None
+
+    def wait(self) -> int:
+        stopping = False
+
+        def on_signal(_sig: int, _frame: object) -> None:
+            nonlocal stopping
+            stopping = True
+
+        signal.signal(signal.SIGINT, on_signal)
+        signal.signal(signal.SIGTERM, on_signal)
+        while not stopping:
+            for name, proc in self.children:
+                if proc.poll() is not None:
+                    log.error("%s exited with %s; stopping", name, proc.returncode)
+                    return 1
+            time.sleep(0.3)
+        return 0
+
+    def stop(self) -> None:
+        for name, proc in reversed(self.children):
+            if proc.poll() is None:
+                log.info("stopping %s", name)
+                proc.terminate()
+        for _name, proc in self.children:
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        if self.temporal is not None:
+            log.info("stopping Temporal dev server")
+            self.temporal.stop()
+
+
+def up(devices: int) -> int:
+    stack = Stack(devices)
+    try:
+        stack.start()
+        return stack.wait()
+    finally:
+        stack.stop()
+        print("mdmflow stopped", flush=True)

@@ -1,0 +1,94 @@
+"""CLI commands that talk to a running mdmflow API (``mdmflow start|runs|inventory``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+import httpx
+
+from mdmflow import config
+
+
+def _client(args: argparse.Namespace) -> httpx.Client:
+    key = args.api_key or os.environ.get("MDMFLOW_API_KEY") or config.load().api_key
+    return httpx.Client(base_url=args.api_url, auth=("nanocmd", key), timeout=60)
+
+
+def _print(resp: httpx.Response) -> int:
+    try:
+        body: Any = resp.json()
+    except ValueError:
+        body = resp.text
+    print(json.dumps(body, indent=2) if not isinstance(body, str) else body)
+    return 0 if resp.is_success else 1
+
+
+def cmd_start(args: argparse.Namespace) -> int:
+    params: list[tuple[str, str | int | float | bool | None]] = [("id", i) for i in args.ids]
+    if args.context is not None:
+        params.append(("context", args.context))
+    with _client(args) as c:
+        return _print(c.post(f"/v1/workflow/{args.workflow}/start", params=params))
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    params = {
+        k: v
+        for k, v in {"instance_id": args.instance, "id": args.id, "workflow": args.workflow}.items()
+        if v
+    }
+    with _client(args) as c:
+        return _print(c.get("/v1/runs", params=params))
+
+
+def cmd_inventory(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        return _print(c.get("/v1/inventory", params=[("id", i) for i in args.ids]))
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--api-url", default=os.environ.get("MDMFLOW_API_URL", "http://127.0.0.1:9003")
+        )
+        p.add_argument("--api-key", default=None, help="default: MDMFLOW_API_KEY or var/api_key")
+
+    p = sub.add_parser(
+        "start",
+        help="start a workflow for enrollments",
+        description="Start a workflow for one or more enrollment IDs.",
+    )
+    p.add_argument("workflow", help="e.g. io.micromdm.wf.inventory.v1")
+    p.add_argument("ids", nargs="+", help="enrollment IDs")
+    p.add_argument("--context", help="workflow-dependent context")
+    common(p)
+    p.set_defaults(func=cmd_start)
+
+    p = sub.add_parser(
+        "runs",
+        help="list runs of an instance or enrollment",
+        description="List runs with their status and current step.",
+    )
+    p.add_argument("--instance", help="instance ID returned by start")
+    p.add_argument("--id", help="enrollment ID")
+    p.add_argument("--workflow", help="workflow name")
+    common(p)
+    p.set_defaults(func=cmd_runs)
+
+    p = sub.add_parser(
+        "inventory",
+        help="show inventory of enrollments",
+        description="Show stored inventory values.",
+    )
+    p.add_argument("ids", nargs="+")
+    common(p)
+    p.set_defaults(func=cmd_inventory)
+
+
+def fail(message: str) -> int:
+    print(message, file=sys.stderr)
+    return 2
