@@ -1,0 +1,107 @@
+"""Record workflow histories for the replay test: ``python -m tests.record_histories``.
+
+Run it when a workflow's logic changes on purpose (together with ``workflow.patched``);
+the replay test then proves that histories recorded by every earlier version still
+replay, i.e. that running workflows survive the upgrade.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from pathlib import Path
+
+from temporalio.api.enums.v1 import IndexedValueType
+from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
+
+from mdmflow import __version__
+from protocol import routing
+from tests.conftest import BIN
+from tests.workflow_harness import RecordingInventory, RecordingMdm, enrollment, report
+from worker import PASSTHROUGH
+from workflows import search_attributes as sa
+from workflows.devinfolog import DevInfoLogWorkflow
+from workflows.inventory import InventoryWorkflow
+from workflows.models import RunResult, WorkflowInput
+from workflows.registry import WORKFLOWS
+
+OUT = Path(__file__).parent / "histories"
+DEVINFO = {"QueryResponses": {"SerialNumber": "C02XYZ", "Model": "Mac16,10"}}
+SECINFO = {"SecurityInfo": {"FDE_Enabled": True, "SystemIntegrityProtectionEnabled": True}}
+
+
+async def main() -> None:
+    env = await WorkflowEnvironment.start_time_skipping(
+        test_server_existing_path=str(BIN / "temporal-test-server"),
+        data_converter=pydantic_data_converter,
+    )
+    await env.client.operator_service.add_search_attributes(
+        AddSearchAttributesRequest(
+            namespace=env.client.namespace,
+            search_attributes={k.name: IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD for k in sa.ALL},
+        )
+    )
+    mdm, inv = RecordingMdm(), RecordingInventory()
+    queue = "record"
+    async with Worker(
+        env.client,
+        task_queue=queue,
+        workflows=list(WORKFLOWS),
+        activities=[mdm.send_step, mdm.push, inv.store, inv.log_device_information],
+        workflow_runner=SandboxedWorkflowRunner(
+            restrictions=SandboxRestrictions.default.with_passthrough_modules(*PASSTHROUGH)
+        ),
+    ):
+
+        async def run(
+            name: str, scenario: str, answers: list[tuple[int, str, str, dict[str, object]]]
+        ) -> None:
+            eid = enrollment()
+            handle = await env.client.start_workflow(
+                name,
+                WorkflowInput(enrollment_id=eid, instance_id=str(uuid.uuid4())),
+                id=routing.workflow_id(name, eid),
+                task_queue=queue,
+                result_type=RunResult,
+            )
+            sent = await mdm.wait_sent(len(mdm.sent) + 1)
+            step = sent[-1]
+            for index, request_type, status, body in answers:
+                await handle.signal(
+                    "command_report",
+                    report(eid, step.commands[index].command_uuid, request_type, status, **body),
+                )
+            await handle.result()
+            history = await handle.fetch_history()
+            path = OUT / f"v{__version__}-{scenario}.json"
+            path.write_text(history.to_json())
+            print("recorded", path)
+
+        await run(
+            InventoryWorkflow.NAME,
+            "inventory-notnow-then-ack",
+            [
+                (0, "DeviceInformation", "NotNow", {}),
+                (0, "DeviceInformation", "Acknowledged", DEVINFO),
+                (0, "DeviceInformation", "Acknowledged", DEVINFO),
+                (1, "SecurityInfo", "Acknowledged", SECINFO),
+            ],
+        )
+        await run(InventoryWorkflow.NAME, "inventory-timeout", [])
+        await run(
+            DevInfoLogWorkflow.NAME, "devinfolog-error", [(0, "DeviceInformation", "Error", {})]
+        )
+        await run(
+            DevInfoLogWorkflow.NAME,
+            "devinfolog-ack",
+            [(0, "DeviceInformation", "Acknowledged", DEVINFO)],
+        )
+    await env.shutdown()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
