@@ -35,6 +35,7 @@ class MdmActivities:
                 outcome = await self._client.enqueue(
                     [inp.enrollment_id], qc.command_uuid, body, push=False
                 )
+                activity.heartbeat(qc.command_uuid)
                 if outcome.already_queued:
                     result.already_queued.append(qc.command_uuid)
                     log.info("already queued %s for %s", qc.command_uuid, inp.enrollment_id)

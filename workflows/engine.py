@@ -56,6 +56,7 @@ REPUSH_SCHEDULE: tuple[timedelta, ...] = (
 # After this many silent re-pushes a read-only command is re-issued, once, under a new UUID.
 REISSUE_AFTER_REPUSHES = 2
 
+SEND_HEARTBEAT_TIMEOUT = timedelta(seconds=10)
 SEND_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1),
     backoff_coefficient=2.0,
@@ -210,6 +211,8 @@ class MdmWorkflow:
                 "mdm.send_step",
                 SendStepInput(enrollment_id=self.input.enrollment_id, commands=queued),
                 start_to_close_timeout=timedelta(seconds=60),
+                # a worker that dies mid-send is noticed in seconds, not after a minute
+                heartbeat_timeout=SEND_HEARTBEAT_TIMEOUT,
                 schedule_to_close_timeout=max(deadline - workflow.now(), timedelta(minutes=1)),
                 retry_policy=SEND_RETRY,
                 result_type=SendStepResult,
@@ -269,6 +272,7 @@ class MdmWorkflow:
                     "mdm.send_step",
                     SendStepInput(enrollment_id=self.input.enrollment_id, commands=reissue),
                     start_to_close_timeout=timedelta(seconds=60),
+                    heartbeat_timeout=SEND_HEARTBEAT_TIMEOUT,
                     retry_policy=RetryPolicy(maximum_attempts=5),
                     summary=f"re-issue {record.name}",
                 )
