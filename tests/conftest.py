@@ -9,15 +9,14 @@ from pathlib import Path
 import pytest
 from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
 from mdmflow.temporal_client import connect
 from mdmflow.temporal_server import DevServer, free_port
 from store.db import open_engine
 from store.inventory import InventoryStore
-
 from workflows import search_attributes as sa
 
 BIN = Path(sys.executable).parent

@@ -74,7 +74,8 @@ async def test_500_with_only_push_error_is_queued() -> None:
 
 async def test_duplicate_uuid_counts_as_already_queued() -> None:
     doc = {
-        "command_error": f"storing command: Error 1062 (23000): Duplicate entry '{UUID}' for key 'commands.PRIMARY'"
+        "command_error": "storing command: Error 1062 (23000): "
+        f"Duplicate entry '{UUID}' for key 'commands.PRIMARY'"
     }
     outcome = await nanomdm(answer(500, doc)).enqueue([EID], UUID, BODY, push=False)
     assert outcome.already_queued == [EID] and outcome.queued == []
@@ -89,7 +90,8 @@ async def test_duplicate_uuid_counts_as_already_queued() -> None:
             answer(
                 500,
                 {
-                    "command_error": "Cannot add or update a child row: a foreign key constraint fails"
+                    "command_error": "Cannot add or update a child row: "
+                    "a foreign key constraint fails"
                 },
             ),
             PermanentMdmError,

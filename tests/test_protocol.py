@@ -87,9 +87,13 @@ def test_legacy_webhook_without_ids_derives_the_enrollment() -> None:
 
 
 CHECKINS = sorted((FIXTURES / "nanomdm").glob("mdm__*.plist"))
-REPORTS = sorted(
-    p for p in (FIXTURES / "nanocmd").glob("*.plist") if "devinfo" in p.name or "resp" in p.name
-) + [FIXTURES / "nanocmd" / "workflow_certprof__certlist.plist"]
+
+
+def _is_report(path: Path) -> bool:
+    return "devinfo" in path.name or "resp" in path.name or "certlist" in path.name
+
+
+REPORTS = sorted(p for p in (FIXTURES / "nanocmd").glob("*.plist") if _is_report(p))
 
 
 @pytest.mark.parametrize("path", CHECKINS, ids=lambda p: p.name)
