@@ -18,11 +18,13 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxR
 from activities.inventory import InventoryActivities
 from activities.mdm import MdmActivities
 from activities.mdm_server import MdmServerClient, make_client
+from activities.starting import StartActivities
 from mdmflow import config
 from mdmflow.temporal_client import connect
 from store.db import open_engine
+from store.events import EnrollmentRegister
 from store.inventory import InventoryStore
-from workflows.registry import WORKFLOWS
+from workflows.registry import ALL_WORKFLOWS
 
 log = logging.getLogger("mdmflow.worker")
 
@@ -35,21 +37,24 @@ def build_worker(
     task_queue: str,
     mdm: MdmServerClient,
     store: InventoryStore,
+    register: EnrollmentRegister,
     *,
     max_concurrent_activities: int = 200,
 ) -> Worker:
     mdm_acts = MdmActivities(mdm)
     inv_acts = InventoryActivities(store)
+    start_acts = StartActivities(client, task_queue, register)
     activities: Sequence[Callable[..., Any]] = [
         mdm_acts.send_step,
         mdm_acts.push,
         inv_acts.store,
         inv_acts.log_device_information,
+        start_acts.start_workflows,
     ]
     return Worker(
         client,
         task_queue=task_queue,
-        workflows=list(WORKFLOWS),
+        workflows=list(ALL_WORKFLOWS),
         activities=activities,
         workflow_runner=SandboxedWorkflowRunner(
             restrictions=SandboxRestrictions.default.with_passthrough_modules(*PASSTHROUGH)
@@ -65,7 +70,9 @@ async def run_worker() -> None:
     client = await connect(settings.temporal_address, settings.temporal_namespace)
     engine = await open_engine(settings.db_url)
     mdm = make_client(settings.mdm_kind, settings.mdm_url, settings.mdm_api_key)
-    worker = build_worker(client, settings.task_queue, mdm, InventoryStore(engine))
+    worker = build_worker(
+        client, settings.task_queue, mdm, InventoryStore(engine), EnrollmentRegister(engine)
+    )
     log.info(
         "worker on %s/%s task queue %s, MDM server %s (%s)",
         settings.temporal_address,

@@ -45,3 +45,17 @@ class DeviceInfoLogEntry(BaseModel):
     enrollment_id: str
     command_uuid: str
     query_responses: dict[str, Any]
+
+
+class StartRequest(BaseModel):
+    """Start ``workflow`` for ``ids``, or for every enrolled device when ``ids`` is None."""
+
+    workflow: str
+    ids: list[str] | None = None
+    context: str | None = None
+
+
+class StartSummary(BaseModel):
+    instance_id: str
+    started: int
+    refused: int

@@ -11,12 +11,17 @@ from dataclasses import dataclass
 from typing import Literal
 
 from temporalio.client import Client
+from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from mdmflow import metrics
 from protocol import routing
+from protocol.results import CommandReport
 from protocol.webhooks import WebhookEvent
-from workflows.registry import BY_CODE
+from relay.events import EventDispatcher
+from workflows.command_response import CommandResponseInput
+from workflows.registry import BY_CODE, command_response_subscribers
 
 log = logging.getLogger("mdmflow.relay")
 
@@ -30,19 +35,55 @@ class Delivery:
 
 
 class Router:
-    def __init__(self, client: Client) -> None:
+    def __init__(
+        self, client: Client, task_queue: str, events: EventDispatcher | None = None
+    ) -> None:
         self._client = client
+        self._task_queue = task_queue
+        self._events = events
 
     async def deliver(self, event: WebhookEvent) -> Delivery:
         if event.kind == "checkin":
             metrics.inc(f"webhook_checkin_{event.message_type or 'unknown'}")
             log.info("check-in %s from %s", event.message_type, event.enrollment.id)
+            if self._events is not None:
+                await self._events.dispatch(event)
             return Delivery("checkin")
         report = event.report
         assert report is not None
         if report.status == "Idle":
             metrics.inc("webhook_idle")
+            if self._events is not None:
+                await self._events.dispatch(event)
             return Delivery("idle")
+        delivery = await self._route(event.enrollment.id, report)
+        await self._all_command_response(report, routing.parse_command_uuid(report.command_uuid))
+        return delivery
+
+    async def _all_command_response(
+        self, report: CommandReport, route: routing.CommandRoute | None
+    ) -> None:
+        """Start a delivery run for each workflow subscribed to this RequestType."""
+        for wf in command_response_subscribers(report.request_type, report.status):
+            if route is not None and route.code == wf.CODE:
+                continue  # its own command: the run itself has the answer
+            workflow_id = (
+                f"acr/{wf.CODE}/{report.enrollment_id}/{report.command_uuid}/{report.status}"
+            )
+            try:
+                await self._client.start_workflow(
+                    "mdmflow.command_response.v1",
+                    CommandResponseInput(subscriber=wf.NAME, report=report),
+                    id=workflow_id,
+                    task_queue=self._task_queue,
+                    id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
+                    id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+                )
+                metrics.inc("all_command_response_started")
+            except WorkflowAlreadyStartedError:
+                metrics.inc("all_command_response_duplicate")
+
+    async def _route(self, enrollment_id: str, report: CommandReport) -> Delivery:
         route = routing.parse_command_uuid(report.command_uuid)
         if route is None:
             metrics.inc("webhook_unknown_command_uuid")
@@ -55,7 +96,7 @@ class Router:
                 "dropped report %s: no workflow with code %r", report.command_uuid, route.code
             )
             return Delivery("unknown_workflow")
-        workflow_id = routing.workflow_id(wf.NAME, event.enrollment.id, route.instance_id)
+        workflow_id = routing.workflow_id(wf.NAME, enrollment_id, route.instance_id)
         try:
             await self._client.get_workflow_handle(workflow_id).signal("command_report", report)
         except RPCError as exc:

@@ -8,67 +8,34 @@ are open. OpenAPI is served at ``/docs`` and ``/openapi.json``.
 from __future__ import annotations
 
 import logging
-import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
-from fastapi.security import HTTPBasic, HTTPBasicCredentials
 from pydantic import BaseModel
-from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
 from mdmflow import __version__, metrics
 from relay.app import webhook_router
+from relay.events import EventDispatcher
 from relay.routing import Router
 from starter import runs
+from starter.api_events import router as events_router
+from starter.api_schedules import router as schedules_router
+from starter.deps import AUTH, ERRORS, Services
 from starter.starting import StartError, start_workflow
-from store.inventory import InventoryStore
 from workflows.registry import BY_NAME
 
 log = logging.getLogger("mdmflow.api")
-
-
-@dataclass
-class Services:
-    client: Client
-    store: InventoryStore
-    task_queue: str
 
 
 class StartResponse(BaseModel):
     instance_id: str
     started: list[str]
     refused: dict[str, str]
-
-
-class ErrorBody(BaseModel):
-    error: str
-
-
-_basic = HTTPBasic(auto_error=False)
-
-
-def authorised(
-    request: Request, creds: Annotated[HTTPBasicCredentials | None, Depends(_basic)]
-) -> None:
-    """HTTP Basic ``nanocmd:<MDMFLOW_API_KEY>``, compared in constant time."""
-    key: str = request.app.state.api_key
-    ok = (
-        creds is not None
-        and secrets.compare_digest(creds.username.encode(), b"nanocmd")
-        and secrets.compare_digest(creds.password.encode(), key.encode())
-    )
-    if not ok:
-        raise HTTPException(
-            status_code=401,
-            detail="API key is missing or invalid (HTTP Basic, user nanocmd)",
-            headers={"WWW-Authenticate": 'Basic realm="mdmflow"'},
-        )
 
 
 def create_app(
@@ -80,9 +47,11 @@ def create_app(
     holder: dict[str, Any] = {}
 
     @asynccontextmanager
-    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        holder["services"] = services if isinstance(services, Services) else await services()
-        holder["router"] = Router(holder["services"].client)
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        svc = services if isinstance(services, Services) else await services()
+        app.state.services = svc
+        events = EventDispatcher(svc.client, svc.task_queue, svc.subscriptions, svc.register)
+        holder["router"] = Router(svc.client, svc.task_queue, events)
         yield
 
     app = FastAPI(
@@ -94,7 +63,7 @@ def create_app(
     app.state.api_key = api_key
 
     def svc() -> Services:
-        s: Services = holder["services"]
+        s: Services = app.state.services
         return s
 
     @app.exception_handler(HTTPException)
@@ -115,8 +84,10 @@ def create_app(
 
     app.include_router(webhook_router(lambda: holder["router"], hmac_key))
 
-    auth = [Depends(authorised)]
-    err: dict[int | str, dict[str, Any]] = {400: {"model": ErrorBody}, 401: {"model": ErrorBody}}
+    auth = AUTH
+    err = ERRORS
+    app.include_router(events_router)
+    app.include_router(schedules_router)
 
     @app.get("/version", tags=["meta"])
     async def version() -> dict[str, str]:

@@ -45,3 +45,19 @@ async def list_runs(client: Client, query: str, limit: int = 1000) -> list[dict[
     async for execution in client.list_workflows(query, limit=limit):
         runs.append(describe(execution))
     return runs
+
+
+async def running_for_enrollment(client: Client, device_id: str) -> list[tuple[str, str]]:
+    """(workflow ID, enrollment ID) of running MDM runs of a device and its user channels."""
+    q = _quote(device_id)
+    prefix = _quote(device_id + ":")
+    query = (
+        f"({sa.ENROLLMENT_ID.name} = {q} OR {sa.ENROLLMENT_ID.name} STARTS_WITH {prefix}) "
+        "AND ExecutionStatus = 'Running'"
+    )
+    found = []
+    async for execution in client.list_workflows(query):
+        eid = execution.typed_search_attributes.get(sa.ENROLLMENT_ID)
+        if eid:
+            found.append((execution.id, eid))
+    return found

@@ -8,9 +8,9 @@ import uvicorn
 
 from mdmflow import config
 from mdmflow.temporal_client import connect
-from starter.api import Services, create_app
+from starter.api import create_app
+from starter.deps import Services
 from store.db import open_engine
-from store.inventory import InventoryStore
 
 log = logging.getLogger("mdmflow.api")
 
@@ -21,7 +21,7 @@ def serve() -> None:
     async def services() -> Services:
         client = await connect(settings.temporal_address, settings.temporal_namespace)
         engine = await open_engine(settings.db_url)
-        return Services(client=client, store=InventoryStore(engine), task_queue=settings.task_queue)
+        return Services.create(client, engine, settings.task_queue)
 
     if not settings.webhook_hmac_key:
         log.warning("MDMFLOW_WEBHOOK_HMAC_KEY is not set: webhooks are accepted unsigned")

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import JSON, DateTime, Integer, MetaData, String, event
+from sqlalchemy import JSON, Boolean, DateTime, Integer, MetaData, String, Text, event
 from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.pool import ConnectionPoolEntry
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 class Base(DeclarativeBase):
@@ -41,6 +41,34 @@ class DeviceInfoLogRow(Base):
     command_uuid: Mapped[str] = mapped_column(String(127))
     query_responses: Mapped[dict[str, object]] = mapped_column(JSON)
     created: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class EventSubscriptionRow(Base):
+    """NanoCMD's event subscription: start ``workflow`` when ``event`` happens."""
+
+    __tablename__ = "event_subscriptions"
+    name: Mapped[str] = mapped_column(String(255), primary_key=True)
+    event: Mapped[str] = mapped_column(String(64))
+    workflow: Mapped[str] = mapped_column(String(255))
+    context: Mapped[str | None] = mapped_column(Text, nullable=True)
+    event_context: Mapped[str | None] = mapped_column(Text, nullable=True)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    last_error_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    starts: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class EnrollmentRow(Base):
+    """What the relay learned from check-ins: who is enrolled, with which URL params."""
+
+    __tablename__ = "enrollments"
+    enrollment_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    enrollment_type: Mapped[str] = mapped_column(String(64), default="")
+    enrolled: Mapped[bool] = mapped_column(Boolean, default=True)
+    url_params: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
+    # TokenUpdates seen since the last Authenticate (Enrollment rule for senders
+    # that do not send token_update_tally).
+    token_updates_since_auth: Mapped[int] = mapped_column(Integer, default=0)
+    last_seen: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
 def normalise_url(url: str) -> str:

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
 from temporalio.client import Client
@@ -61,9 +62,12 @@ async def dev_client(dev_server: DevServer) -> Client:
 
 
 @pytest.fixture(scope="session")
-async def inventory_store(
-    tmp_path_factory: pytest.TempPathFactory,
-) -> AsyncIterator[InventoryStore]:
+async def store_engine(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[AsyncEngine]:
     engine = await open_engine(f"sqlite:///{tmp_path_factory.mktemp('db') / 'mdmflow.db'}")
-    yield InventoryStore(engine)
+    yield engine
     await engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def inventory_store(store_engine: AsyncEngine) -> InventoryStore:
+    return InventoryStore(store_engine)

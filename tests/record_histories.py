@@ -27,7 +27,7 @@ from workflows import search_attributes as sa
 from workflows.devinfolog import DevInfoLogWorkflow
 from workflows.inventory import InventoryWorkflow
 from workflows.models import RunResult, WorkflowInput
-from workflows.registry import WORKFLOWS
+from workflows.registry import ALL_WORKFLOWS
 
 OUT = Path(__file__).parent / "histories"
 DEVINFO = {"QueryResponses": {"SerialNumber": "C02XYZ", "Model": "Mac16,10"}}
@@ -50,7 +50,7 @@ async def main() -> None:
     async with Worker(
         env.client,
         task_queue=queue,
-        workflows=list(WORKFLOWS),
+        workflows=list(ALL_WORKFLOWS),
         activities=[mdm.send_step, mdm.push, inv.store, inv.log_device_information],
         workflow_runner=SandboxedWorkflowRunner(
             restrictions=SandboxRestrictions.default.with_passthrough_modules(*PASSTHROUGH)

@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import pytest
 import yaml
+from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.client import Client
 from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
@@ -22,13 +23,13 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxR
 from mdmflow import metrics
 from protocol import plist
 from relay.hmac_check import sign
-from starter.api import Services, create_app
-from store.inventory import InventoryStore
+from starter.api import create_app
+from starter.deps import Services
 from tests.conftest import FIXTURES
 from tests.servers import LocalServer
 from tests.workflow_harness import RecordingInventory, RecordingMdm, enrollment
 from worker import PASSTHROUGH
-from workflows.registry import WORKFLOWS
+from workflows.registry import ALL_WORKFLOWS
 
 API_KEY = "test-api-key"
 HMAC_KEY = "test-hmac-key"
@@ -78,18 +79,16 @@ def ack(
 
 
 @pytest.fixture(scope="module")
-async def stack(dev_client: Client, inventory_store: InventoryStore) -> AsyncIterator[Stack]:
+async def stack(dev_client: Client, store_engine: AsyncEngine) -> AsyncIterator[Stack]:
     queue = f"tq-{uuid.uuid4()}"
     mdm, inventory = RecordingMdm(), RecordingInventory()
-    app = create_app(
-        Services(client=dev_client, store=inventory_store, task_queue=queue), API_KEY, HMAC_KEY
-    )
+    app = create_app(Services.create(dev_client, store_engine, queue), API_KEY, HMAC_KEY)
     async with (
         LocalServer(app) as server,
         Worker(
             dev_client,
             task_queue=queue,
-            workflows=list(WORKFLOWS),
+            workflows=list(ALL_WORKFLOWS),
             activities=[mdm.send_step, mdm.push, inventory.store, inventory.log_device_information],
             workflow_runner=SandboxedWorkflowRunner(
                 restrictions=SandboxRestrictions.default.with_passthrough_modules(*PASSTHROUGH)

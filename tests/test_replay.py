@@ -16,7 +16,7 @@ from temporalio.worker import Replayer
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from worker import PASSTHROUGH
-from workflows.registry import WORKFLOWS
+from workflows.registry import ALL_WORKFLOWS
 
 HISTORIES = sorted((Path(__file__).parent / "histories").glob("*.json"))
 
@@ -28,7 +28,7 @@ def test_histories_are_present() -> None:
 @pytest.mark.parametrize("path", HISTORIES, ids=lambda p: p.stem)
 async def test_history_replays(path: Path) -> None:
     replayer = Replayer(
-        workflows=list(WORKFLOWS),
+        workflows=list(ALL_WORKFLOWS),
         data_converter=pydantic_data_converter,
         workflow_runner=SandboxedWorkflowRunner(
             restrictions=SandboxRestrictions.default.with_passthrough_modules(*PASSTHROUGH)

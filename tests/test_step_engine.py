@@ -18,7 +18,7 @@ from worker import PASSTHROUGH
 from workflows.devinfolog import DevInfoLogWorkflow
 from workflows.inventory import InventoryWorkflow
 from workflows.models import RunResult, RunState, WorkflowInput
-from workflows.registry import WORKFLOWS
+from workflows.registry import ALL_WORKFLOWS
 
 DEVINFO = {"QueryResponses": {"SerialNumber": "C02XYZ", "Model": "Mac16,10", "OSVersion": "15.4"}}
 SECINFO = {"SecurityInfo": {"FDE_Enabled": False, "SystemIntegrityProtectionEnabled": True}}
@@ -52,7 +52,7 @@ async def harness(time_env: WorkflowEnvironment) -> AsyncIterator[Harness]:
     async with Worker(
         time_env.client,
         task_queue=h.queue,
-        workflows=list(WORKFLOWS),
+        workflows=list(ALL_WORKFLOWS),
         activities=[
             h.mdm.send_step,
             h.mdm.push,

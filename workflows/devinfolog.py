@@ -3,7 +3,8 @@
 Commands that reach the device, in one step:
   1. DeviceInformation with the inventory queries
 The answer is written to the worker log and kept in the device-information log
-(``GET /v1/devinfolog?id=...``). A device Error fails the run with the error chain.
+(``GET /v1/devinfolog?id=...``). A device Error fails the run with the error chain; a
+re-enrollment mid-step re-sends the command, a CheckOut ends the run.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ with workflow.unsafe.imports_passed_through():
 class DevInfoLogWorkflow(MdmWorkflow):
     NAME = "io.micromdm.wf.devinfolog.v1"
     CODE = "dil"
+    ON_ENROLLMENT_RESET = "restart"
 
     @workflow.run
     async def run(self, inp: WorkflowInput) -> RunResult:
@@ -31,6 +33,8 @@ class DevInfoLogWorkflow(MdmWorkflow):
         step = await self.step("devinfo", [device_information()])
         if step.timed_out:
             return self.finish("timed_out", step.describe())
+        if step.reset:
+            return self.finish("failed", step.describe())
         report = step.results[0]
         if report is None or report.status != "Acknowledged":
             return self.finish("failed", step.describe())

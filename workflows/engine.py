@@ -11,7 +11,10 @@ A step sends 1..n commands to one enrollment and waits until each has a final an
 - while commands are outstanding the device is re-pushed on a backoff schedule, and a
   read-only command that stays silent is re-issued under a new UUID (webhooks are
   fire-and-forget, one can be lost);
-- timeout precedence: the step's, then the workflow input's, then 72 hours.
+- timeout precedence: the step's, then the workflow input's, then 72 hours;
+- when the enrollment re-enrolls (NanoMDM clears its queue) the waiting step either
+  re-sends its unanswered commands (``ON_ENROLLMENT_RESET = "restart"``) or ends at once
+  with ``outcome.reset`` set (``"fail"``, the default); a CheckOut always ends it.
 
 :meth:`MdmWorkflow.before_step` is the one place that decides whether the next step may
 be sent; operator controls and safety policies hook in there.
@@ -21,7 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime, timedelta
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
@@ -35,6 +38,7 @@ with workflow.unsafe.imports_passed_through():
     from workflows import search_attributes as sa
     from workflows.models import (
         CommandProgress,
+        EnrollmentReset,
         RunResult,
         RunState,
         RunStatus,
@@ -74,6 +78,12 @@ class MdmWorkflow:
     EXCLUSIVE: ClassVar[bool] = True
     DEFAULT_STEP_TIMEOUT: ClassVar[timedelta | None] = None
     REPUSH_SCHEDULE: ClassVar[tuple[timedelta, ...]] = REPUSH_SCHEDULE
+    # What a waiting step does when the device re-enrolls and its queue is cleared.
+    ON_ENROLLMENT_RESET: ClassVar[Literal["fail", "restart"]] = "fail"
+    # RequestTypes whose answers this workflow wants even when other workflows sent them
+    # (NanoCMD's AllCommandResponse); handled by :meth:`on_command_response`.
+    ALL_COMMAND_RESPONSE_TYPES: ClassVar[frozenset[str]] = frozenset()
+    ALL_COMMAND_RESPONSE_NOTNOW: ClassVar[bool] = False
 
     def __init__(self) -> None:
         self._input: WorkflowInput | None = None
@@ -81,6 +91,8 @@ class MdmWorkflow:
         # UUID (incl. re-issued aliases) -> index in the current step's commands
         self._awaiting: dict[str, int] = {}
         self._answers: list[CommandReport | None] = []
+        self._reset: EnrollmentReset | None = None
+        self._checked_out = False
 
     # ---- lifecycle -------------------------------------------------------------------
 
@@ -142,6 +154,18 @@ class MdmWorkflow:
             progress.error = report.error_summary
         self._answers[index] = report
 
+    @workflow.signal(name="enrollment_reset")
+    def on_enrollment_reset(self, reset: EnrollmentReset) -> None:
+        """The relay saw an Authenticate or CheckOut for this run's enrollment."""
+        workflow.logger.info("enrollment %s %s", reset.enrollment_id, reset.reason)
+        self._reset = reset
+        if reset.reason == "checked out":
+            self._checked_out = True
+
+    @staticmethod
+    async def on_command_response(report: CommandReport) -> None:
+        """Handle an AllCommandResponse report; runs inside a short workflow of its own."""
+
     @workflow.query(name="state")
     def query_state(self) -> RunState:
         return self._state
@@ -174,6 +198,7 @@ class MdmWorkflow:
         if not commands:
             raise ValueError("a step needs at least one command")
         await self.before_step(name)
+        self._reset = None  # a reset between steps cleared nothing this step needs
         record = StepRecord(name=name, status="waiting", started_at=workflow.now())
         self._state.steps.append(record)
         self._state.current_step = name
@@ -192,13 +217,23 @@ class MdmWorkflow:
         self._awaiting = {q.command_uuid: i for i, q in enumerate(queued)}
         self._answers = [None] * len(queued)
 
-        await self._send(record, queued, deadline)
-        record.status = "pending"
-        timed_out = not await self._wait_for_answers(record, commands, deadline)
+        reset: str | None = None
+        timed_out = False
+        if self._checked_out:
+            reset = "checked out"
+        else:
+            await self._send(record, queued, deadline)
+            record.status = "pending"
+            ended = await self._wait_for_answers(record, commands, deadline)
+            if ended == "reset":
+                reset = self._reset.reason if self._reset else "reset"
+            timed_out = ended == "timed_out"
 
-        record.status = "timed_out" if timed_out else "completed"
+        record.status = "timed_out" if timed_out else "reset" if reset else "completed"
         record.finished_at = workflow.now()
-        outcome = StepOutcome(name=name, results=list(self._answers), timed_out=timed_out)
+        outcome = StepOutcome(
+            name=name, results=list(self._answers), timed_out=timed_out, reset=reset
+        )
         self._awaiting = {}
         self._answers = []
         return outcome
@@ -231,23 +266,56 @@ class MdmWorkflow:
     def _all_answered(self) -> bool:
         return all(a is not None for a in self._answers)
 
+    def _answered_or_reset(self) -> bool:
+        return self._all_answered() or self._reset is not None
+
     async def _wait_for_answers(
         self, record: StepRecord, commands: Sequence[Command], deadline: datetime
-    ) -> bool:
+    ) -> Literal["answered", "timed_out", "reset"]:
         silent_repushes = 0
         while not self._all_answered():
             remaining = deadline - workflow.now()
             if remaining <= timedelta(0):
-                return False
+                return "timed_out"
             interval = self.REPUSH_SCHEDULE[min(silent_repushes, len(self.REPUSH_SCHEDULE) - 1)]
             try:
-                await workflow.wait_condition(self._all_answered, timeout=min(remaining, interval))
+                await workflow.wait_condition(
+                    self._answered_or_reset, timeout=min(remaining, interval)
+                )
             except TimeoutError:
                 if workflow.now() >= deadline:
-                    return self._all_answered()
+                    return "answered" if self._all_answered() else "timed_out"
                 silent_repushes += 1
                 await self._repush(record, commands, silent_repushes)
-        return True
+                continue
+            if self._reset is not None and not self._all_answered():
+                if self._checked_out or self.ON_ENROLLMENT_RESET == "fail":
+                    return "reset"
+                self._reset = None
+                await self._resend_unanswered(record, commands)
+                silent_repushes = 0
+        return "answered"
+
+    async def _resend_unanswered(self, record: StepRecord, commands: Sequence[Command]) -> None:
+        """After a re-enrollment the queue is empty: queue what is missing again."""
+        again: list[QueuedCommand] = []
+        for i, command in enumerate(commands):
+            if self._answers[i] is None:
+                alias = self._new_uuid()
+                record.commands[i].reissued_as.append(alias)
+                self._awaiting[alias] = i
+                again.append(QueuedCommand(command_uuid=alias, command=command))
+        workflow.logger.info("re-sending %d command(s) after re-enrollment", len(again))
+        await workflow.execute_activity(
+            "mdm.send_step",
+            SendStepInput(enrollment_id=self.input.enrollment_id, commands=again),
+            start_to_close_timeout=timedelta(seconds=60),
+            heartbeat_timeout=SEND_HEARTBEAT_TIMEOUT,
+            retry_policy=SEND_RETRY,
+            result_type=SendStepResult,
+            summary=f"re-send {record.name} after re-enrollment",
+        )
+        record.pushes += 1
 
     async def _repush(
         self, record: StepRecord, commands: Sequence[Command], silent_repushes: int

@@ -6,6 +6,9 @@ Commands that reach the device, in one step:
 On success the answers are written to the inventory store (``GET /v1/inventory``).
 On a device Error the other answer is still stored and the run fails with the error;
 if the device does not answer within the step timeout the run ends ``timed_out``.
+A re-enrollment mid-step re-sends the unanswered commands; a CheckOut ends the run.
+SecurityInfo answers to *other* workflows' commands (e.g. FileVault polls) update the
+FileVault and SIP values too (AllCommandResponse).
 """
 
 from __future__ import annotations
@@ -60,6 +63,23 @@ def security_values(report: CommandReport) -> dict[str, Any]:
 class InventoryWorkflow(MdmWorkflow):
     NAME = "io.micromdm.wf.inventory.v1"
     CODE = "inv"
+    ON_ENROLLMENT_RESET = "restart"
+    ALL_COMMAND_RESPONSE_TYPES = frozenset({"SecurityInfo"})
+
+    @staticmethod
+    async def on_command_response(report: CommandReport) -> None:
+        if report.status != "Acknowledged":
+            return
+        values = security_values(report)
+        if values:
+            await workflow.execute_activity(
+                "inventory.store",
+                InventoryUpdate(
+                    enrollment_id=report.enrollment_id, values=values, source="SecurityInfo"
+                ),
+                start_to_close_timeout=timedelta(seconds=30),
+                summary="store SecurityInfo values",
+            )
 
     @workflow.run
     async def run(self, inp: WorkflowInput) -> RunResult:
@@ -67,6 +87,8 @@ class InventoryWorkflow(MdmWorkflow):
         step = await self.step("inventory", [device_information(), security_info()])
         if step.timed_out:
             return self.finish("timed_out", step.describe())
+        if step.reset:
+            return self.finish("failed", step.describe())
 
         values: dict[str, Any] = {}
         source = []

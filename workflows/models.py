@@ -36,7 +36,7 @@ class CommandProgress(BaseModel):
     answered: bool = False
 
 
-StepStatus = Literal["waiting", "sending", "pending", "completed", "timed_out"]
+StepStatus = Literal["waiting", "sending", "pending", "completed", "timed_out", "reset"]
 
 
 class StepRecord(BaseModel):
@@ -50,12 +50,26 @@ class StepRecord(BaseModel):
     push_error: str | None = None
 
 
+class EnrollmentReset(BaseModel):
+    """The MDM server dropped this enrollment's queue: re-enrolled or checked out."""
+
+    enrollment_id: str
+    reason: Literal["re-enrolled", "checked out"]
+
+
 class StepOutcome(BaseModel):
-    """What a step returns: final answers in command order, and whether it timed out."""
+    """What a step returns: final answers in command order, and how it ended."""
 
     name: str
     results: list[CommandReport | None]
     timed_out: bool = False
+    # Set when the enrollment was reset while the step waited (see MdmWorkflow).
+    reset: str | None = None
+
+    @property
+    def incomplete(self) -> bool:
+        """Not every command got a final answer (timed out or enrollment reset)."""
+        return self.timed_out or self.reset is not None
 
     @property
     def acknowledged(self) -> bool:
@@ -74,6 +88,8 @@ class StepOutcome(BaseModel):
         return [r for r in self.results if r is not None and r.status != "Acknowledged"]
 
     def describe(self) -> str:
+        if self.reset is not None:
+            return f"step {self.name!r} ended: the enrollment was {self.reset}"
         if self.timed_out:
             missing = sum(1 for r in self.results if r is None)
             return f"step {self.name!r} timed out with {missing} command(s) unanswered"

@@ -1,0 +1,37 @@
+"""Activity behind scheduled starts: resolve the enrollments, start the workflow."""
+
+from __future__ import annotations
+
+import logging
+
+from temporalio import activity
+from temporalio.client import Client
+
+from activities.models import StartRequest, StartSummary
+from starter.starting import start_workflow
+from store.events import EnrollmentRegister
+
+log = logging.getLogger("mdmflow.schedules")
+
+
+class StartActivities:
+    def __init__(self, client: Client, task_queue: str, register: EnrollmentRegister) -> None:
+        self._client = client
+        self._task_queue = task_queue
+        self._register = register
+
+    @activity.defn(name="starter.start_workflows")
+    async def start_workflows(self, request: StartRequest) -> StartSummary:
+        ids = request.ids if request.ids is not None else await self._register.enrolled()
+        if not ids:
+            log.info("scheduled %s: no enrollments", request.workflow)
+            return StartSummary(instance_id="", started=0, refused=0)
+        activity.heartbeat(len(ids))
+        result = await start_workflow(
+            self._client, self._task_queue, request.workflow, ids, request.context
+        )
+        return StartSummary(
+            instance_id=result.instance_id,
+            started=len(result.started),
+            refused=len(result.refused),
+        )

@@ -1,0 +1,153 @@
+"""Check-ins become events; events start the workflows subscribed to them.
+
+| webhook                                   | events                                  |
+|-------------------------------------------|-----------------------------------------|
+| Authenticate                              | Authenticate (+ running runs told: re-enrolled) |
+| TokenUpdate                               | TokenUpdate, and Enrollment when first  |
+| CheckOut                                  | CheckOut (+ running runs told: checked out) |
+| Connect with Status Idle                  | Idle, IdleNotStartedSince               |
+
+"First TokenUpdate" is ``token_update_tally == 1`` when the sender has the tally
+(NanoMDM >= 0.9); otherwise it is the first TokenUpdate the relay sees after an
+Authenticate for that enrollment (or for an enrollment it has never seen).
+
+Each matching subscription starts its workflow for the enrollment with the
+subscription's context and the enrollment's URL params, through the normal start path
+(exclusivity applies). A failing subscription is logged, counted and recorded on the
+subscription (``GET /v1/event/{name}``) without blocking the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import UTC, datetime, timedelta
+from typing import Literal
+
+from temporalio.client import Client
+from temporalio.service import RPCError, RPCStatusCode
+
+from mdmflow import metrics
+from protocol import routing
+from protocol.webhooks import WebhookEvent
+from starter.runs import running_for_enrollment
+from starter.starting import StartError, start_workflow
+from store.events import EnrollmentRegister, Subscription, SubscriptionStore
+from workflows import search_attributes as sa
+from workflows.models import EnrollmentReset
+from workflows.registry import WORKFLOWS
+
+log = logging.getLogger("mdmflow.events")
+
+EVENTS = ("Enrollment", "Authenticate", "TokenUpdate", "CheckOut", "Idle", "IdleNotStartedSince")
+
+
+class EventDispatcher:
+    def __init__(
+        self,
+        client: Client,
+        task_queue: str,
+        subscriptions: SubscriptionStore,
+        register: EnrollmentRegister,
+    ) -> None:
+        self._client = client
+        self._task_queue = task_queue
+        self._subscriptions = subscriptions
+        self._register = register
+
+    async def events_for(self, event: WebhookEvent) -> list[str]:
+        if event.kind == "acknowledge":
+            idle = event.report is not None and event.report.status == "Idle"
+            return ["Idle", "IdleNotStartedSince"] if idle else []
+        message = event.message_type
+        since_auth = await self._register.checkin(
+            event.enrollment.id, event.enrollment.type, message, event.url_params
+        )
+        if message == "TokenUpdate":
+            first = (
+                event.token_update_tally == 1
+                if event.token_update_tally is not None
+                else since_auth == 1
+            )
+            return ["TokenUpdate", "Enrollment"] if first else ["TokenUpdate"]
+        if message in ("Authenticate", "CheckOut"):
+            return [message]
+        return []
+
+    async def dispatch(self, event: WebhookEvent) -> list[str]:
+        """Handle one webhook's events; returns the event names that fired."""
+        names = await self.events_for(event)
+        if event.kind == "checkin" and event.message_type in ("Authenticate", "CheckOut"):
+            await self._reset_running(
+                event.enrollment.id,
+                "re-enrolled" if event.message_type == "Authenticate" else "checked out",
+            )
+        jobs = []
+        for name in names:
+            for sub in await self._subscriptions.for_event(name):
+                jobs.append(self._fire(sub, event))
+        if jobs:
+            await asyncio.gather(*jobs)
+        return names
+
+    async def _fire(self, sub: Subscription, event: WebhookEvent) -> None:
+        eid = event.enrollment.id
+        try:
+            if sub.event == "IdleNotStartedSince" and await self._started_recently(sub, eid):
+                return
+            params = event.url_params or await self._register.url_params(eid)
+            result = await start_workflow(
+                self._client,
+                self._task_queue,
+                sub.workflow,
+                [eid],
+                sub.context,
+                url_params={eid: params},
+            )
+        except (StartError, RPCError, ValueError) as exc:
+            metrics.inc("event_start_failed")
+            log.error(
+                "event %s: subscription %s could not start %s: %s",
+                sub.event,
+                sub.name,
+                sub.workflow,
+                exc,
+            )
+            await self._subscriptions.record(sub.name, 0, f"{eid}: {exc}")
+            return
+        metrics.inc("event_started", len(result.started))
+        if result.started:
+            log.info("event %s for %s started %s (%s)", sub.event, eid, sub.workflow, sub.name)
+            await self._subscriptions.record(sub.name, len(result.started), None)
+
+    async def _started_recently(self, sub: Subscription, eid: str) -> bool:
+        try:
+            seconds = int(sub.event_context or "0")
+        except ValueError:
+            seconds = 0
+        since = datetime.now(UTC) - timedelta(seconds=seconds)
+        query = (
+            f"{sa.WORKFLOW_NAME.name} = '{sub.workflow}' AND {sa.ENROLLMENT_ID.name} = '{eid}' "
+            f"AND StartTime > '{since.isoformat()}'"
+        )
+        count = await self._client.count_workflows(query)
+        return count.count > 0
+
+    async def _reset_running(self, eid: str, reason: Literal["re-enrolled", "checked out"]) -> None:
+        """NanoMDM cleared the queue: tell every running run of this enrollment now."""
+        reset = EnrollmentReset(enrollment_id=eid, reason=reason)
+        # Exclusive runs have known IDs (no visibility lag); user channels and
+        # simultaneous runs come from the visibility store.
+        targets = {(routing.workflow_id(w.NAME, eid), eid) for w in WORKFLOWS if w.EXCLUSIVE}
+        targets.update(await running_for_enrollment(self._client, eid))
+        for workflow_id, run_enrollment in sorted(targets):
+            try:
+                handle = self._client.get_workflow_handle(workflow_id)
+                await handle.signal(
+                    "enrollment_reset", reset.model_copy(update={"enrollment_id": run_enrollment})
+                )
+                metrics.inc("enrollment_reset_signalled")
+                log.info("told %s: %s %s", workflow_id, run_enrollment, reason)
+            except RPCError as exc:
+                if exc.status != RPCStatusCode.NOT_FOUND:
+                    raise

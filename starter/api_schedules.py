@@ -1,0 +1,62 @@
+"""Schedules API: ``PUT/GET/DELETE /v1/schedule/{name}``, pause, unpause, trigger."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, HTTPException, Response
+
+from starter import schedules
+from starter.deps import AUTH, ERRORS, ServicesDep
+from starter.schedules import ScheduleError, ScheduleNotFound, ScheduleRequest
+
+router = APIRouter(tags=["schedules"], dependencies=AUTH, responses=ERRORS)
+
+
+def _missing(name: str) -> HTTPException:
+    return HTTPException(404, f"no schedule {name!r}")
+
+
+@router.put("/v1/schedule/{name}", status_code=204, summary="Create or replace a schedule")
+async def put_schedule(name: str, body: ScheduleRequest, svc: ServicesDep) -> Response:
+    try:
+        await schedules.put(svc.client, svc.task_queue, name, body)
+    except ScheduleError as exc:
+        raise HTTPException(400, str(exc)) from exc
+    return Response(status_code=204)
+
+
+@router.get("/v1/schedule/{name}", summary="A schedule with its next and recent runs")
+async def get_schedule(name: str, svc: ServicesDep) -> dict[str, Any]:
+    try:
+        return await schedules.describe(svc.client, name)
+    except ScheduleNotFound as exc:
+        raise _missing(name) from exc
+
+
+@router.get("/v1/schedules", summary="Names of all schedules")
+async def list_schedules(svc: ServicesDep) -> list[str]:
+    return await schedules.list_all(svc.client)
+
+
+@router.delete("/v1/schedule/{name}", status_code=204)
+async def delete_schedule(name: str, svc: ServicesDep) -> Response:
+    try:
+        await schedules.delete(svc.client, name)
+    except ScheduleNotFound as exc:
+        raise _missing(name) from exc
+    return Response(status_code=204)
+
+
+@router.post("/v1/schedule/{name}/{action}", status_code=204, summary="pause, unpause or trigger")
+async def act(name: str, action: str, svc: ServicesDep) -> Response:
+    try:
+        if action in ("pause", "unpause"):
+            await schedules.pause(svc.client, name, action == "pause")
+        elif action == "trigger":
+            await schedules.trigger(svc.client, name)
+        else:
+            raise HTTPException(400, "action must be pause, unpause or trigger")
+    except ScheduleNotFound as exc:
+        raise _missing(name) from exc
+    return Response(status_code=204)

@@ -1,0 +1,75 @@
+"""What every API route depends on: the services and the API-key check."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request
+from fastapi.security import HTTPBasic, HTTPBasicCredentials
+from pydantic import BaseModel
+from sqlalchemy.ext.asyncio import AsyncEngine
+from temporalio.client import Client
+
+from store.events import EnrollmentRegister, SubscriptionStore
+from store.inventory import InventoryStore
+
+
+@dataclass
+class Services:
+    client: Client
+    task_queue: str
+    store: InventoryStore
+    subscriptions: SubscriptionStore
+    register: EnrollmentRegister
+
+    @classmethod
+    def create(cls, client: Client, engine: AsyncEngine, task_queue: str) -> Services:
+        return cls(
+            client=client,
+            task_queue=task_queue,
+            store=InventoryStore(engine),
+            subscriptions=SubscriptionStore(engine),
+            register=EnrollmentRegister(engine),
+        )
+
+
+class ErrorBody(BaseModel):
+    error: str
+
+
+ERRORS: dict[int | str, dict[str, object]] = {
+    400: {"model": ErrorBody},
+    401: {"model": ErrorBody},
+    404: {"model": ErrorBody},
+}
+
+_basic = HTTPBasic(auto_error=False)
+
+
+def authorised(
+    request: Request, creds: Annotated[HTTPBasicCredentials | None, Depends(_basic)]
+) -> None:
+    """HTTP Basic ``nanocmd:<MDMFLOW_API_KEY>``, compared in constant time."""
+    key: str = request.app.state.api_key
+    ok = (
+        creds is not None
+        and secrets.compare_digest(creds.username.encode(), b"nanocmd")
+        and secrets.compare_digest(creds.password.encode(), key.encode())
+    )
+    if not ok:
+        raise HTTPException(
+            status_code=401,
+            detail="API key is missing or invalid (HTTP Basic, user nanocmd)",
+            headers={"WWW-Authenticate": 'Basic realm="mdmflow"'},
+        )
+
+
+def services(request: Request) -> Services:
+    svc: Services = request.app.state.services
+    return svc
+
+
+AUTH = [Depends(authorised)]
+ServicesDep = Annotated[Services, Depends(services)]

@@ -1,0 +1,142 @@
+"""Event subscriptions and the enrollment register kept from check-in webhooks."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+
+from store.db import EnrollmentRow, EventSubscriptionRow
+
+# Subscriptions are read on every check-in; a short cache keeps bursts cheap while a
+# change through the API is visible within a few seconds on every relay.
+CACHE_SECONDS = 2.0
+
+
+@dataclass(frozen=True)
+class Subscription:
+    name: str
+    event: str
+    workflow: str
+    context: str | None = None
+    event_context: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"event": self.event, "workflow": self.workflow}
+        if self.context is not None:
+            out["context"] = self.context
+        if self.event_context is not None:
+            out["event_context"] = self.event_context
+        return out
+
+
+class SubscriptionStore:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._sessions = async_sessionmaker(engine, expire_on_commit=False)
+        self._cache: tuple[float, list[Subscription]] | None = None
+
+    @staticmethod
+    def _from_row(row: EventSubscriptionRow) -> Subscription:
+        return Subscription(row.name, row.event, row.workflow, row.context, row.event_context)
+
+    async def put(self, sub: Subscription) -> None:
+        async with self._sessions() as session, session.begin():
+            row = await session.get(EventSubscriptionRow, sub.name)
+            if row is None:
+                row = EventSubscriptionRow(name=sub.name, starts=0)
+                session.add(row)
+            row.event, row.workflow = sub.event, sub.workflow
+            row.context, row.event_context = sub.context, sub.event_context
+            row.last_error = row.last_error_at = None
+        self._cache = None
+
+    async def get(self, name: str) -> dict[str, Any] | None:
+        async with self._sessions() as session:
+            row = await session.get(EventSubscriptionRow, name)
+            if row is None:
+                return None
+            out = self._from_row(row).to_json()
+            out["starts"] = row.starts
+            if row.last_error:
+                out["last_error"] = row.last_error
+                out["last_error_at"] = row.last_error_at.isoformat() if row.last_error_at else None
+            return out
+
+    async def delete(self, name: str) -> bool:
+        async with self._sessions() as session, session.begin():
+            row = await session.get(EventSubscriptionRow, name)
+            if row is None:
+                return False
+            await session.delete(row)
+        self._cache = None
+        return True
+
+    async def all(self) -> list[Subscription]:
+        async with self._sessions() as session:
+            rows = await session.scalars(
+                select(EventSubscriptionRow).order_by(EventSubscriptionRow.name)
+            )
+            return [self._from_row(r) for r in rows]
+
+    async def for_event(self, event: str) -> list[Subscription]:
+        now = time.monotonic()
+        if self._cache is None or now - self._cache[0] > CACHE_SECONDS:
+            self._cache = (now, await self.all())
+        return [s for s in self._cache[1] if s.event == event]
+
+    async def record(self, name: str, started: int, error: str | None) -> None:
+        async with self._sessions() as session, session.begin():
+            row = await session.get(EventSubscriptionRow, name)
+            if row is None:
+                return
+            row.starts += started
+            if error:
+                row.last_error, row.last_error_at = error[:2000], datetime.now(UTC)
+
+
+class EnrollmentRegister:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._sessions = async_sessionmaker(engine, expire_on_commit=False)
+
+    async def checkin(
+        self, enrollment_id: str, enrollment_type: str, message: str, url_params: dict[str, str]
+    ) -> int:
+        """Record a check-in; returns TokenUpdates seen since the last Authenticate."""
+        async with self._sessions() as session, session.begin():
+            row = await session.get(EnrollmentRow, enrollment_id, with_for_update=True)
+            if row is None:
+                row = EnrollmentRow(
+                    enrollment_id=enrollment_id, url_params={}, token_updates_since_auth=0
+                )
+                session.add(row)
+            row.enrollment_type = enrollment_type or row.enrollment_type or ""
+            row.last_seen = datetime.now(UTC)
+            if url_params:
+                row.url_params = url_params
+            if message == "Authenticate":
+                row.token_updates_since_auth = 0
+                row.enrolled = True
+            elif message == "TokenUpdate":
+                row.token_updates_since_auth = (row.token_updates_since_auth or 0) + 1
+                row.enrolled = True
+            elif message == "CheckOut":
+                row.enrolled = False
+            return row.token_updates_since_auth or 0
+
+    async def url_params(self, enrollment_id: str) -> dict[str, str]:
+        async with self._sessions() as session:
+            row = await session.get(EnrollmentRow, enrollment_id)
+            return dict(row.url_params or {}) if row is not None else {}
+
+    async def enrolled(self) -> list[str]:
+        async with self._sessions() as session:
+            rows = await session.scalars(
+                select(EnrollmentRow.enrollment_id)
+                .where(EnrollmentRow.enrolled.is_(True))
+                .order_by(EnrollmentRow.enrollment_id)
+            )
+            return list(rows)

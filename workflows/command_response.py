@@ -1,0 +1,35 @@
+"""``mdmflow.command_response.v1``: hand one report to a workflow that subscribed to its
+RequestType (NanoCMD's AllCommandResponse), durably and with retries.
+
+Started by the relay with a workflow ID derived from the CommandUUID, so a duplicated
+webhook is delivered once.
+"""
+
+from __future__ import annotations
+
+from temporalio import workflow
+
+with workflow.unsafe.imports_passed_through():
+    from pydantic import BaseModel
+
+    from protocol.results import CommandReport
+    from workflows.engine import MdmWorkflow
+
+
+class CommandResponseInput(BaseModel):
+    subscriber: str
+    report: CommandReport
+
+
+SUBSCRIBERS: dict[str, type[MdmWorkflow]] = {}
+
+
+@workflow.defn(name="mdmflow.command_response.v1")
+class CommandResponseWorkflow:
+    @workflow.run
+    async def run(self, inp: CommandResponseInput) -> str:
+        subscriber = SUBSCRIBERS.get(inp.subscriber)
+        if subscriber is None:
+            return f"no subscriber {inp.subscriber!r}"
+        await subscriber.on_command_response(inp.report)
+        return f"{inp.report.request_type} {inp.report.status} handled by {inp.subscriber}"
