@@ -24,7 +24,7 @@ from mdmflow.temporal_client import connect
 from store.db import open_engine
 from store.events import EnrollmentRegister
 from store.inventory import InventoryStore
-from workflows.registry import ALL_WORKFLOWS
+from workflows.catalog import ALL_WORKFLOWS
 
 log = logging.getLogger("mdmflow.worker")
 

@@ -92,6 +92,9 @@ class EventDispatcher:
 
     async def _fire(self, sub: Subscription, event: WebhookEvent) -> None:
         eid = event.enrollment.id
+        if event.event_id and not await self._subscriptions.claim(f"{event.event_id}/{sub.name}"):
+            metrics.inc("event_duplicate")
+            return  # the same webhook delivered twice
         try:
             if sub.event == "IdleNotStartedSince" and await self._started_recently(sub, eid):
                 return

@@ -11,6 +11,7 @@ from datetime import timedelta
 from typing import Any
 
 from pydantic import BaseModel, Field
+from temporalio.api.common.v1 import Payload
 from temporalio.client import (
     Client,
     Schedule,
@@ -42,7 +43,7 @@ class ScheduleRequest(BaseModel):
     workflow: str
     ids: list[str] | None = Field(default=None, description="omit for every enrolled device")
     context: str | None = None
-    every_seconds: int | None = Field(default=None, ge=60)
+    every_seconds: int | None = Field(default=None, ge=1)
     cron: str | None = None
     paused: bool = False
     note: str | None = None
@@ -102,9 +103,13 @@ async def describe(client: Client, name: str) -> dict[str, Any]:
     handle = await _handle(client, name)
     desc = await handle.describe()
     action = desc.schedule.action
-    request = None
+    request: dict[str, Any] | None = None
     if isinstance(action, ScheduleActionStartWorkflow) and action.args:
-        request = action.args[0]
+        arg = action.args[0]
+        if isinstance(arg, Payload):  # described schedules carry raw payloads
+            (arg,) = await client.data_converter.decode([arg], [StartRequest])
+        if isinstance(arg, StartRequest):
+            request = arg.model_dump()
     spec = desc.schedule.spec
     return {
         "name": name,

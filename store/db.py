@@ -57,6 +57,14 @@ class EventSubscriptionRow(Base):
     starts: Mapped[int] = mapped_column(Integer, default=0)
 
 
+class EventClaimRow(Base):
+    """One row per (webhook event ID, subscription) handled: a duplicate finds it."""
+
+    __tablename__ = "event_claims"
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    created: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+
+
 class EnrollmentRow(Base):
     """What the relay learned from check-ins: who is enrolled, with which URL params."""
 

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import delete, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
-from store.db import EnrollmentRow, EventSubscriptionRow
+from store.db import EnrollmentRow, EventClaimRow, EventSubscriptionRow
+
+# Claims older than this are pruned; duplicates arrive within seconds.
+CLAIM_RETENTION = timedelta(days=1)
 
 # Subscriptions are read on every check-in; a short cache keeps bursts cheap while a
 # change through the API is visible within a few seconds on every relay.
@@ -88,14 +92,32 @@ class SubscriptionStore:
             self._cache = (now, await self.all())
         return [s for s in self._cache[1] if s.event == event]
 
+    async def claim(self, key: str) -> bool:
+        """True the first time ``key`` is claimed, on any relay; False for a duplicate."""
+        now = datetime.now(UTC)
+        try:
+            async with self._sessions() as session, session.begin():
+                session.add(EventClaimRow(key=key[:255], created=now))
+        except IntegrityError:
+            return False
+        if hash(key) % 1000 == 0:  # prune now and then
+            async with self._sessions() as session, session.begin():
+                await session.execute(
+                    delete(EventClaimRow).where(EventClaimRow.created < now - CLAIM_RETENTION)
+                )
+        return True
+
     async def record(self, name: str, started: int, error: str | None) -> None:
+        """Count starts atomically (many relays) and keep the last error for operators."""
+        values: dict[str, Any] = {"starts": EventSubscriptionRow.starts + started}
+        if error:
+            values.update(last_error=error[:2000], last_error_at=datetime.now(UTC))
         async with self._sessions() as session, session.begin():
-            row = await session.get(EventSubscriptionRow, name)
-            if row is None:
-                return
-            row.starts += started
-            if error:
-                row.last_error, row.last_error_at = error[:2000], datetime.now(UTC)
+            await session.execute(
+                update(EventSubscriptionRow)
+                .where(EventSubscriptionRow.name == name)
+                .values(**values)
+            )
 
 
 class EnrollmentRegister:

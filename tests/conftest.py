@@ -71,3 +71,7 @@ async def store_engine(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterato
 @pytest.fixture(scope="session")
 def inventory_store(store_engine: AsyncEngine) -> InventoryStore:
     return InventoryStore(store_engine)
+
+
+# The full stack (API + relay, simulator, worker) for end-to-end test modules.
+from tests.e2e_stack import e2e  # noqa: E402, F401

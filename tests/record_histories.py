@@ -24,10 +24,10 @@ from tests.conftest import BIN
 from tests.workflow_harness import RecordingInventory, RecordingMdm, enrollment, report
 from worker import PASSTHROUGH
 from workflows import search_attributes as sa
+from workflows.catalog import ALL_WORKFLOWS
 from workflows.devinfolog import DevInfoLogWorkflow
 from workflows.inventory import InventoryWorkflow
 from workflows.models import RunResult, WorkflowInput
-from workflows.registry import ALL_WORKFLOWS
 
 OUT = Path(__file__).parent / "histories"
 DEVINFO = {"QueryResponses": {"SerialNumber": "C02XYZ", "Model": "Mac16,10"}}

@@ -29,7 +29,7 @@ from tests.conftest import FIXTURES
 from tests.servers import LocalServer
 from tests.workflow_harness import RecordingInventory, RecordingMdm, enrollment
 from worker import PASSTHROUGH
-from workflows.registry import ALL_WORKFLOWS
+from workflows.catalog import ALL_WORKFLOWS
 
 API_KEY = "test-api-key"
 HMAC_KEY = "test-hmac-key"

@@ -15,10 +15,10 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxR
 from protocol import routing
 from tests.workflow_harness import RecordingInventory, RecordingMdm, enrollment, report
 from worker import PASSTHROUGH
+from workflows.catalog import ALL_WORKFLOWS
 from workflows.devinfolog import DevInfoLogWorkflow
 from workflows.inventory import InventoryWorkflow
 from workflows.models import RunResult, RunState, WorkflowInput
-from workflows.registry import ALL_WORKFLOWS
 
 DEVINFO = {"QueryResponses": {"SerialNumber": "C02XYZ", "Model": "Mac16,10", "OSVersion": "15.4"}}
 SECINFO = {"SecurityInfo": {"FDE_Enabled": False, "SystemIntegrityProtectionEnabled": True}}

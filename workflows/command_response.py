@@ -13,7 +13,7 @@ with workflow.unsafe.imports_passed_through():
     from pydantic import BaseModel
 
     from protocol.results import CommandReport
-    from workflows.engine import MdmWorkflow
+    from workflows.registry import BY_NAME
 
 
 class CommandResponseInput(BaseModel):
@@ -21,15 +21,12 @@ class CommandResponseInput(BaseModel):
     report: CommandReport
 
 
-SUBSCRIBERS: dict[str, type[MdmWorkflow]] = {}
-
-
 @workflow.defn(name="mdmflow.command_response.v1")
 class CommandResponseWorkflow:
     @workflow.run
     async def run(self, inp: CommandResponseInput) -> str:
-        subscriber = SUBSCRIBERS.get(inp.subscriber)
-        if subscriber is None:
+        subscriber = BY_NAME.get(inp.subscriber)
+        if subscriber is None or not subscriber.ALL_COMMAND_RESPONSE_TYPES:
             return f"no subscriber {inp.subscriber!r}"
         await subscriber.on_command_response(inp.report)
         return f"{inp.report.request_type} {inp.report.status} handled by {inp.subscriber}"

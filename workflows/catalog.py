@@ -1,0 +1,11 @@
+"""Every workflow class a worker runs: the MDM workflows and the helpers behind them."""
+
+from __future__ import annotations
+
+from workflows.command_response import CommandResponseWorkflow
+from workflows.registry import WORKFLOWS
+from workflows.scheduled_start import ScheduledStartWorkflow
+
+# Helpers are started by the relay and by schedules, never by name through the API.
+INTERNAL_WORKFLOWS: tuple[type, ...] = (CommandResponseWorkflow, ScheduledStartWorkflow)
+ALL_WORKFLOWS: tuple[type, ...] = (*WORKFLOWS, *INTERNAL_WORKFLOWS)
