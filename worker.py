@@ -11,19 +11,21 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from temporalio.client import Client
 from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
+from activities.escrow import EscrowActivities
+from activities.fills import CommandFiller
 from activities.inventory import InventoryActivities
 from activities.mdm import MdmActivities
 from activities.mdm_server import MdmServerClient, make_client
+from activities.profiles import ProfileActivities
 from activities.starting import StartActivities
+from escrow.sealing import load_master_key
 from mdmflow import config
 from mdmflow.temporal_client import connect
+from starter.deps import Services
 from store.db import open_engine
-from store.events import EnrollmentRegister
-from store.inventory import InventoryStore
 from workflows.catalog import ALL_WORKFLOWS
 
 log = logging.getLogger("mdmflow.worker")
@@ -32,34 +34,35 @@ log = logging.getLogger("mdmflow.worker")
 PASSTHROUGH = ("protocol", "workflows.models", "activities.models", "pydantic", "pydantic_core")
 
 
-def build_worker(
-    client: Client,
-    task_queue: str,
-    mdm: MdmServerClient,
-    store: InventoryStore,
-    register: EnrollmentRegister,
-    *,
-    max_concurrent_activities: int = 200,
-) -> Worker:
-    mdm_acts = MdmActivities(mdm)
-    inv_acts = InventoryActivities(store)
-    start_acts = StartActivities(client, task_queue, register)
+def build_worker(services: Services, mdm: MdmServerClient, **worker_options: Any) -> Worker:
+    """The worker with every workflow and activity; ``worker_options`` tune ``Worker``."""
+    mdm_acts = MdmActivities(mdm, CommandFiller(services.escrow, services.profiles))
+    inv_acts = InventoryActivities(services.store)
+    start_acts = StartActivities(services.client, services.task_queue, services.register)
+    escrow_acts = EscrowActivities(services.escrow)
+    profile_acts = ProfileActivities(services.profiles, services.cmdplans, services.register)
     activities: Sequence[Callable[..., Any]] = [
         mdm_acts.send_step,
         mdm_acts.push,
         inv_acts.store,
         inv_acts.log_device_information,
         start_acts.start_workflows,
+        escrow_acts.store_cms,
+        profile_acts.info,
+        profile_acts.load_cmdplan,
+        profile_acts.configured,
+        profile_acts.evaluate,
     ]
+    options: dict[str, Any] = {"max_concurrent_activities": 200, **worker_options}
     return Worker(
-        client,
-        task_queue=task_queue,
+        services.client,
+        task_queue=services.task_queue,
         workflows=list(ALL_WORKFLOWS),
         activities=activities,
         workflow_runner=SandboxedWorkflowRunner(
             restrictions=SandboxRestrictions.default.with_passthrough_modules(*PASSTHROUGH)
         ),
-        max_concurrent_activities=max_concurrent_activities,
+        **options,
     )
 
 
@@ -70,9 +73,10 @@ async def run_worker() -> None:
     client = await connect(settings.temporal_address, settings.temporal_namespace)
     engine = await open_engine(settings.db_url)
     mdm = make_client(settings.mdm_kind, settings.mdm_url, settings.mdm_api_key)
-    worker = build_worker(
-        client, settings.task_queue, mdm, InventoryStore(engine), EnrollmentRegister(engine)
+    services = Services.create(
+        client, engine, settings.task_queue, load_master_key(settings.var_dir)
     )
+    worker = build_worker(services, mdm)
     log.info(
         "worker on %s/%s task queue %s, MDM server %s (%s)",
         settings.temporal_address,

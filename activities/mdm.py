@@ -12,15 +12,31 @@ import logging
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.fills import CommandFiller, FillError
 from activities.mdm_server import MdmServerClient, PermanentMdmError
-from activities.models import PushInput, PushResult, SendStepInput, SendStepResult
+from activities.models import (
+    PushInput,
+    PushResult,
+    QueuedCommand,
+    SendStepInput,
+    SendStepResult,
+)
 
 log = logging.getLogger("mdmflow.activities")
 
 
 class MdmActivities:
-    def __init__(self, client: MdmServerClient) -> None:
+    def __init__(self, client: MdmServerClient, filler: CommandFiller | None = None) -> None:
         self._client = client
+        self._filler = filler
+
+    async def _render(self, enrollment_id: str, qc: QueuedCommand) -> bytes:
+        filled = None
+        if qc.command.fills:
+            if self._filler is None:
+                raise FillError("this worker cannot fill secrets or stored profiles")
+            filled = await self._filler.fill(enrollment_id, qc.command_uuid, qc.command)
+        return qc.command.to_plist(qc.command_uuid, filled)
 
     @activity.defn(name="mdm.send_step")
     async def send_step(self, inp: SendStepInput) -> SendStepResult:
@@ -31,7 +47,7 @@ class MdmActivities:
         result = SendStepResult()
         try:
             for qc in inp.commands:
-                body = qc.command.to_plist(qc.command_uuid)
+                body = await self._render(inp.enrollment_id, qc)
                 outcome = await self._client.enqueue(
                     [inp.enrollment_id], qc.command_uuid, body, push=False
                 )
@@ -45,6 +61,8 @@ class MdmActivities:
                 result.push_error = await self._client.push([inp.enrollment_id])
         except PermanentMdmError as exc:
             raise ApplicationError(str(exc), type="MdmPermanentError", non_retryable=True) from exc
+        except FillError as exc:
+            raise ApplicationError(str(exc), type="FillError", non_retryable=True) from exc
         if result.push_error:
             log.warning("push to %s failed: %s", inp.enrollment_id, result.push_error)
         log.info(

@@ -59,3 +59,62 @@ class StartSummary(BaseModel):
     instance_id: str
     started: int
     refused: int
+
+
+class EscrowCms(BaseModel):
+    """A CMS blob a device encrypted to our escrow certificate (ciphertext only)."""
+
+    enrollment_id: str
+    cms: dict[str, str]  # plist <data> in JSON form: {"$data": base64}
+    kind: str = "prk"
+    source: str
+
+
+class EscrowReceipt(BaseModel):
+    secret_id: int
+
+
+class ProfileSummary(BaseModel):
+    identifier: str
+    uuid: str
+
+
+class ProfileInfoRequest(BaseModel):
+    names: list[str]
+
+
+class ProfileInfoResult(BaseModel):
+    profiles: dict[str, ProfileSummary]
+
+
+class CmdPlanRequest(BaseModel):
+    name: str
+    enrollment_id: str
+    url_params: dict[str, str] = Field(default_factory=dict)
+
+
+class CmdPlanResult(BaseModel):
+    found: bool
+    profile_names: list[str] = Field(default_factory=list)
+    manifest_urls: list[str] = Field(default_factory=list)
+    device_configured: bool = False
+    awaiting_configuration: bool = False
+
+
+class CertificateFacts(BaseModel):
+    common_name: str
+    data: dict[str, str]  # plist <data> in JSON form
+    is_identity: bool
+
+
+class CertEvaluation(BaseModel):
+    certificates: list[CertificateFacts]
+    cn_prefix: str = ""
+    allow_non_identity: bool = False
+    always_replace: bool = False
+    until_expiry_sec: int = 0
+
+
+class CertDecision(BaseModel):
+    replace: bool
+    reason: str

@@ -84,6 +84,7 @@ class Stack:
         self.env["MDMFLOW_API_KEY"] = s.api_key
         self.env["MDMFLOW_VAR_DIR"] = str(s.var_dir)
 
+        sim_args: list[str] | None = None
         if not s.mdm_url:
             sim_port = os.environ.get("MDMFLOW_SIM_PORT", "9000")
             sim_key = _persisted_secret(s.var_dir / "simulator_api_key")
@@ -95,26 +96,18 @@ class Stack:
                 MDMFLOW_WEBHOOK_HMAC_KEY=hmac_key,
             )
             relay = f"http://{s.listen_host}:{s.listen_port}/webhook"
-            sim = self._spawn(
-                "simulator",
-                "sim",
-                "serve",
-                "--port",
-                sim_port,
-                "--devices",
-                str(self.devices),
-                "--webhook-url",
-                relay,
-                "--hmac-key",
-                hmac_key,
-                "--api-key",
-                sim_key,
-            )
-            _wait_http(f"http://127.0.0.1:{sim_port}/sim/stats", 30, sim)
+            sim_args = [
+                "sim", "serve", "--port", sim_port, "--devices", str(self.devices),
+                "--webhook-url", relay, "--hmac-key", hmac_key, "--api-key", sim_key,
+            ]  # fmt: skip
 
         api = self._spawn("api", "serve")
         self._spawn("worker", "worker")
         _wait_http(f"http://{s.listen_host}:{s.listen_port}/version", 60, api)
+        if sim_args is not None:
+            # after the relay, so it sees the devices enroll (events, enrollment register)
+            sim = self._spawn("simulator", *sim_args)
+            _wait_http(f"{self.env['MDMFLOW_MDM_URL']}/sim/stats", 30, sim)
         self._banner()
 
     def _banner(self) -> None:
@@ -149,7 +142,8 @@ class Stack:
             return None
         url = self.env["MDMFLOW_MDM_URL"] + "/sim/devices"
         try:
-            devices = httpx.get(url, auth=("nanomdm", self.env["MDMFLOW_MDM_API_KEY"])).json()
+            body = httpx.get(url, auth=("nanomdm", self.env["MDMFLOW_MDM_API_KEY"])).json()
+            devices = body["devices"] if isinstance(body, dict) else body
             return str(devices[0]["id"]) if devices else None
         except (httpx.HTTPError, ValueError, KeyError, IndexError, TypeError):
             return None

@@ -7,7 +7,7 @@ history holds the intent, not the wire bytes.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -28,19 +28,48 @@ READ_ONLY_REQUEST_TYPES = frozenset(
 )
 
 
+FillKind = Literal["new_pin", "current_prk", "escrow_certificate", "profile", "escrow_profile"]
+
+
+class Fill(BaseModel):
+    """A value the enqueue activity puts into the command just before sending it.
+
+    Secrets (a new lock PIN, the escrowed recovery key) and large blobs (stored
+    profiles) never enter workflow history: the workflow names them, the activity
+    fetches them.
+    """
+
+    kind: FillKind
+    path: list[str]
+    name: str | None = None
+    # Text replacements applied to a stored profile (NanoCMD certprof's).
+    replacements: dict[str, str] = Field(default_factory=dict)
+
+
 class Command(BaseModel):
     """One MDM command: its RequestType and the other keys of its ``Command`` dict."""
 
     request_type: str
     fields: dict[str, Any] = Field(default_factory=dict)
+    fills: list[Fill] = Field(default_factory=list)
+    # What the operator sees instead of the filled values (e.g. the profile's name).
+    label: str | None = None
 
     @property
     def read_only(self) -> bool:
         return self.request_type in READ_ONLY_REQUEST_TYPES
 
-    def to_plist(self, command_uuid: str) -> bytes:
+    def to_plist(self, command_uuid: str, filled: dict[str, Any] | None = None) -> bytes:
+        """Render; ``filled`` holds the native values for :attr:`fills`, by position."""
         body: dict[str, Any] = {"RequestType": self.request_type}
         body.update(plist.from_json(self.fields))
+        for i, fill in enumerate(self.fills):
+            if filled is None or str(i) not in filled:
+                raise ValueError(f"{self.request_type}: value for {fill.kind} not filled")
+            target = body
+            for key in fill.path[:-1]:
+                target = target.setdefault(key, {})
+            target[fill.path[-1]] = filled[str(i)]
         return plist.dumps({"Command": body, "CommandUUID": command_uuid})
 
 
@@ -106,3 +135,54 @@ def install_profile(payload: bytes) -> Command:
 
 def remove_profile(identifier: str) -> Command:
     return Command(request_type="RemoveProfile", fields={"Identifier": identifier})
+
+
+def install_stored_profile(name: str, replacements: dict[str, str] | None = None) -> Command:
+    """InstallProfile with the profile stored under ``name`` (fetched at send time)."""
+    fill = Fill(kind="profile", name=name, path=["Payload"], replacements=replacements or {})
+    return Command(request_type="InstallProfile", fills=[fill], label=name)
+
+
+def install_escrow_profile() -> Command:
+    """InstallProfile of the FileVault escrow profile made with our escrow certificate."""
+    return Command(
+        request_type="InstallProfile",
+        fills=[Fill(kind="escrow_profile", path=["Payload"])],
+        label="FileVault escrow profile",
+    )
+
+
+def device_lock(message: str | None = None, phone_number: str | None = None) -> Command:
+    """DeviceLock with a new random 6-digit PIN, generated and escrowed at send time."""
+    fields: dict[str, Any] = {}
+    if message:
+        fields["Message"] = message
+    if phone_number:
+        fields["PhoneNumber"] = phone_number
+    return Command(
+        request_type="DeviceLock", fields=fields, fills=[Fill(kind="new_pin", path=["PIN"])]
+    )
+
+
+def rotate_filevault_key() -> Command:
+    """RotateFileVaultKey unlocking with the escrowed key; the reply is encrypted to us."""
+    return Command(
+        request_type="RotateFileVaultKey",
+        fields={"KeyType": "personal"},
+        fills=[
+            Fill(kind="current_prk", path=["FileVaultUnlock", "Password"]),
+            Fill(kind="escrow_certificate", path=["ReplyEncryptionCertificate"]),
+        ],
+    )
+
+
+def install_application(manifest_url: str) -> Command:
+    return Command(
+        request_type="InstallApplication",
+        fields={"ManifestURL": manifest_url, "ManagementFlags": 1},
+        label=manifest_url,
+    )
+
+
+def device_configured() -> Command:
+    return Command(request_type="DeviceConfigured")

@@ -33,6 +33,9 @@ class WebhookEvent(BaseModel):
     udid: str = ""
     message_type: str = ""
     token_update_tally: int | None = None
+    # TokenUpdate's AwaitingConfiguration: the device waits in Setup Assistant for
+    # DeviceConfigured.
+    awaiting_configuration: bool | None = None
     url_params: dict[str, str] = Field(default_factory=dict)
     report: CommandReport | None = None
     # NanoMDM >= 0.9 sends ``ids``; older NanoMDM and MicroMDM do not.
@@ -106,5 +109,10 @@ def parse_webhook(body: bytes) -> WebhookEvent:
         kind="checkin",
         message_type=str(payload.get("MessageType", "")),
         token_update_tally=tally if isinstance(tally, int) else None,
+        awaiting_configuration=(
+            payload["AwaitingConfiguration"]
+            if isinstance(payload.get("AwaitingConfiguration"), bool)
+            else None
+        ),
         **common,
     )

@@ -61,7 +61,11 @@ class EventDispatcher:
             return ["Idle", "IdleNotStartedSince"] if idle else []
         message = event.message_type
         since_auth = await self._register.checkin(
-            event.enrollment.id, event.enrollment.type, message, event.url_params
+            event.enrollment.id,
+            event.enrollment.type,
+            message,
+            event.url_params,
+            event.awaiting_configuration,
         )
         if message == "TokenUpdate":
             first = (

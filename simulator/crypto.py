@@ -16,8 +16,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import pkcs7
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from protocol import cms
+
 _KEY_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"
-_OID_SIGNED_DATA = bytes.fromhex("2a864886f70d010702")  # 1.2.840.113549.1.7.2
 
 
 class CryptoError(ValueError):
@@ -54,46 +55,7 @@ def envelope(data: bytes, cert_der: bytes) -> bytes:
         raise CryptoError(f"cannot encrypt to certificate: {exc}") from exc
 
 
-# ---- minimal DER reader: enough to take the content out of a signed profile -----------
-
-
-def _tlv(buf: bytes, pos: int) -> tuple[int, int, int]:
-    """Return (tag, content start, content end) of the element at ``pos``."""
-    if pos + 2 > len(buf):
-        raise CryptoError("truncated DER")
-    tag = buf[pos]
-    length = buf[pos + 1]
-    pos += 2
-    if length == 0x80:
-        raise CryptoError("indefinite-length encoding is not supported")
-    if length & 0x80:
-        n = length & 0x7F
-        if n == 0 or n > 4 or pos + n > len(buf):
-            raise CryptoError("bad DER length")
-        length = int.from_bytes(buf[pos : pos + n], "big")
-        pos += n
-    end = pos + length
-    if end > len(buf):
-        raise CryptoError("truncated DER")
-    return tag, pos, end
-
-
-def _children(buf: bytes, start: int, end: int) -> list[tuple[int, int, int]]:
-    out = []
-    pos = start
-    while pos < end:
-        tag, cs, ce = _tlv(buf, pos)
-        out.append((tag, cs, ce))
-        pos = ce
-    return out
-
-
-def _octets(buf: bytes, tag: int, start: int, end: int) -> bytes:
-    if tag == 0x04:
-        return buf[start:end]
-    if tag == 0x24:  # constructed OCTET STRING: concatenate the segments
-        return b"".join(_octets(buf, t, s, e) for t, s, e in _children(buf, start, end))
-    raise CryptoError("eContent is not an OCTET STRING")
+# ---- signed profiles --------------------------------------------------------------
 
 
 def signed_content(der: bytes) -> bytes:
@@ -102,26 +64,10 @@ def signed_content(der: bytes) -> bytes:
     The signature is not verified: a device would, but the simulator only needs the
     profile inside.
     """
-    tag, s, e = _tlv(der, 0)
-    if tag != 0x30:
-        raise CryptoError("not a CMS ContentInfo")
-    parts = _children(der, s, e)
-    if len(parts) < 2 or parts[0][0] != 0x06 or der[parts[0][1] : parts[0][2]] != _OID_SIGNED_DATA:
-        raise CryptoError("not CMS SignedData")
-    _, xs, _ = parts[1]  # [0] EXPLICIT
-    sd_tag, sds, sde = _tlv(der, xs)
-    if sd_tag != 0x30:
-        raise CryptoError("bad SignedData")
-    fields = _children(der, sds, sde)
-    if len(fields) < 3:
-        raise CryptoError("bad SignedData")
-    _, ecs, ece = fields[2]  # encapContentInfo
-    eci = _children(der, ecs, ece)
-    if len(eci) < 2:
-        raise CryptoError("SignedData has no content (detached signature)")
-    _, cs, _ = eci[1]  # [0] EXPLICIT eContent
-    inner_tag, is_, ie = _tlv(der, cs)
-    return _octets(der, inner_tag, is_, ie)
+    try:
+        return cms.signed_content(der)
+    except cms.CmsError as exc:
+        raise CryptoError(str(exc)) from exc
 
 
 # ---- the fleet's certificates for CertificateList -------------------------------------
@@ -148,7 +94,10 @@ class FleetCertificates:
 
     def _make(self) -> tuple[CertEntry, ...]:
         rng = random.Random(f"{self._seed}:certs")
-        start = dt.datetime(2025, 1, 1, tzinfo=dt.UTC) + dt.timedelta(days=self._seed % 365)
+        # Issued a little while ago (by seed, whole days): a real device's identity is
+        # valid for months yet, so certprof's expiry rule has something to compare.
+        today = dt.datetime.now(dt.UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+        start = today - dt.timedelta(days=30 + self._seed % 60)
         ca_key = ec.generate_private_key(ec.SECP256R1())
         ca_name = x509.Name(
             [

@@ -12,10 +12,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
-from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi import Body, FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from temporalio.service import RPCError, RPCStatusCode
 
 from mdmflow import __version__, metrics
@@ -23,13 +23,23 @@ from relay.app import webhook_router
 from relay.events import EventDispatcher
 from relay.routing import Router
 from starter import runs
+from starter.api_cmdplans import router as cmdplans_router
+from starter.api_escrow import router as escrow_router
 from starter.api_events import router as events_router
+from starter.api_profiles import router as profiles_router
 from starter.api_schedules import router as schedules_router
 from starter.deps import AUTH, ERRORS, Services
 from starter.starting import StartError, start_workflow
 from workflows.registry import BY_NAME
 
 log = logging.getLogger("mdmflow.api")
+
+
+class StartBody(BaseModel):
+    """IDs in a JSON body: a fleet-sized list does not fit in a URL."""
+
+    ids: list[str] = Field(default_factory=list, description="Enrollment IDs")
+    context: str | None = Field(default=None, description="Workflow-dependent context")
 
 
 class StartResponse(BaseModel):
@@ -87,7 +97,10 @@ def create_app(
     auth = AUTH
     err = ERRORS
     app.include_router(events_router)
+    app.include_router(escrow_router)
     app.include_router(schedules_router)
+    app.include_router(profiles_router)
+    app.include_router(cmdplans_router)
 
     @app.get("/version", tags=["meta"])
     async def version() -> dict[str, str]:
@@ -109,7 +122,14 @@ def create_app(
         name: str,
         id: Annotated[list[str], Query(description="Enrollment ID (repeat for many)")] = [],  # noqa: B006
         context: Annotated[str | None, Query(description="Workflow-dependent context")] = None,
+        body: Annotated[
+            StartBody | None, Body(description="Optional: more IDs (and context) as JSON")
+        ] = None,
     ) -> StartResponse:
+        """IDs come from ``?id=`` (NanoCMD's form), a JSON body ``{"ids": [...]}``, or both."""
+        if body is not None:
+            id = [*id, *body.ids]
+            context = context if context is not None else body.context
         try:
             result = await start_workflow(svc().client, svc().task_queue, name, id, context)
         except StartError as exc:

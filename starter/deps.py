@@ -12,8 +12,12 @@ from pydantic import BaseModel
 from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.client import Client
 
+from escrow.sealing import Sealer
+from escrow.store import EscrowStore
+from store.cmdplans import CmdPlanStore
 from store.events import EnrollmentRegister, SubscriptionStore
 from store.inventory import InventoryStore
+from store.profiles import ProfileStore
 
 
 @dataclass
@@ -23,15 +27,24 @@ class Services:
     store: InventoryStore
     subscriptions: SubscriptionStore
     register: EnrollmentRegister
+    profiles: ProfileStore
+    cmdplans: CmdPlanStore
+    escrow: EscrowStore
 
     @classmethod
-    def create(cls, client: Client, engine: AsyncEngine, task_queue: str) -> Services:
+    def create(
+        cls, client: Client, engine: AsyncEngine, task_queue: str, master_key: bytes
+    ) -> Services:
+        """Everything the API and the worker need, on one database and master key."""
         return cls(
             client=client,
             task_queue=task_queue,
             store=InventoryStore(engine),
             subscriptions=SubscriptionStore(engine),
             register=EnrollmentRegister(engine),
+            profiles=ProfileStore(engine),
+            cmdplans=CmdPlanStore(engine),
+            escrow=EscrowStore(engine, Sealer(master_key)),
         )
 
 

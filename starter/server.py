@@ -6,6 +6,7 @@ import logging
 
 import uvicorn
 
+from escrow.sealing import load_master_key
 from mdmflow import config
 from mdmflow.temporal_client import connect
 from starter.api import create_app
@@ -21,7 +22,8 @@ def serve() -> None:
     async def services() -> Services:
         client = await connect(settings.temporal_address, settings.temporal_namespace)
         engine = await open_engine(settings.db_url)
-        return Services.create(client, engine, settings.task_queue)
+        master_key = load_master_key(settings.var_dir)
+        return Services.create(client, engine, settings.task_queue, master_key)
 
     if not settings.webhook_hmac_key:
         log.warning("MDMFLOW_WEBHOOK_HMAC_KEY is not set: webhooks are accepted unsigned")

@@ -62,7 +62,9 @@ async def start_workflow(
     ids: list[str],
     context: str | None = None,
     url_params: dict[str, dict[str, str]] | None = None,
+    step_timeout: float | None = None,
 ) -> StartResult:
+    """Start ``name`` for each ID; ``step_timeout`` (seconds) overrides the engine's 72 h."""
     wf = BY_NAME.get(name)
     if wf is None:
         raise StartError(f"unknown workflow {name!r}; known: {', '.join(sorted(BY_NAME))}")
@@ -79,6 +81,7 @@ async def start_workflow(
             instance_id=result.instance_id,
             context=context,
             url_params=(url_params or {}).get(enrollment_id, {}),
+            step_timeout_seconds=step_timeout,
         )
         attrs = TypedSearchAttributes(
             [

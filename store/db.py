@@ -8,13 +8,23 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import JSON, Boolean, DateTime, Integer, MetaData, String, Text, event
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    event,
+)
 from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.pool import ConnectionPoolEntry
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 class Base(DeclarativeBase):
@@ -76,7 +86,68 @@ class EnrollmentRow(Base):
     # TokenUpdates seen since the last Authenticate (Enrollment rule for senders
     # that do not send token_update_tally).
     token_updates_since_auth: Mapped[int] = mapped_column(Integer, default=0)
+    awaiting_configuration: Mapped[bool] = mapped_column(Boolean, default=False)
     last_seen: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class ProfileRow(Base):
+    """A stored configuration profile (NanoCMD's profile store), raw as uploaded."""
+
+    __tablename__ = "profiles"
+    name: Mapped[str] = mapped_column(String(255), primary_key=True)
+    identifier: Mapped[str] = mapped_column(String(255))
+    uuid: Mapped[str] = mapped_column(String(255))
+    raw: Mapped[bytes] = mapped_column(LargeBinary)
+    signed: Mapped[bool] = mapped_column(Boolean, default=False)
+    modified: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class CmdPlanRow(Base):
+    """A named command plan: profiles, app manifests, DeviceConfigured."""
+
+    __tablename__ = "cmdplans"
+    name: Mapped[str] = mapped_column(String(255), primary_key=True)
+    plan: Mapped[dict[str, object]] = mapped_column(JSON)
+    modified: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class EscrowKeyRow(Base):
+    """The escrow keypair devices encrypt recovery keys to: made once, kept forever.
+
+    The private key is stored encrypted with the secrets master key.
+    """
+
+    __tablename__ = "escrow_keys"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    certificate_pem: Mapped[str] = mapped_column(Text)
+    private_key_sealed: Mapped[bytes] = mapped_column(LargeBinary)
+    created: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class SecretRow(Base):
+    """An escrowed secret (FileVault recovery key, lock PIN), sealed with AES-GCM."""
+
+    __tablename__ = "secrets"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    enrollment_id: Mapped[str] = mapped_column(String(255), index=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    sealed: Mapped[bytes] = mapped_column(LargeBinary)
+    source: Mapped[str] = mapped_column(String(512), default="")
+    created: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    superseded: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class SecretAccessRow(Base):
+    """Every retrieval of a secret: who, when, which."""
+
+    __tablename__ = "secret_access"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    secret_id: Mapped[int] = mapped_column(Integer, index=True)
+    enrollment_id: Mapped[str] = mapped_column(String(255))
+    kind: Mapped[str] = mapped_column(String(32))
+    who: Mapped[str] = mapped_column(String(255))
+    reason: Mapped[str] = mapped_column(Text, default="")
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
 def normalise_url(url: str) -> str:

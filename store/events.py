@@ -125,7 +125,12 @@ class EnrollmentRegister:
         self._sessions = async_sessionmaker(engine, expire_on_commit=False)
 
     async def checkin(
-        self, enrollment_id: str, enrollment_type: str, message: str, url_params: dict[str, str]
+        self,
+        enrollment_id: str,
+        enrollment_type: str,
+        message: str,
+        url_params: dict[str, str],
+        awaiting_configuration: bool | None = None,
     ) -> int:
         """Record a check-in; returns TokenUpdates seen since the last Authenticate."""
         async with self._sessions() as session, session.begin():
@@ -145,6 +150,8 @@ class EnrollmentRegister:
             elif message == "TokenUpdate":
                 row.token_updates_since_auth = (row.token_updates_since_auth or 0) + 1
                 row.enrolled = True
+                if awaiting_configuration is not None:
+                    row.awaiting_configuration = awaiting_configuration
             elif message == "CheckOut":
                 row.enrolled = False
             return row.token_updates_since_auth or 0
@@ -153,6 +160,18 @@ class EnrollmentRegister:
         async with self._sessions() as session:
             row = await session.get(EnrollmentRow, enrollment_id)
             return dict(row.url_params or {}) if row is not None else {}
+
+    async def awaiting_configuration(self, enrollment_id: str) -> bool:
+        async with self._sessions() as session:
+            row = await session.get(EnrollmentRow, enrollment_id)
+            return bool(row and row.awaiting_configuration)
+
+    async def configured(self, enrollment_id: str) -> None:
+        """DeviceConfigured was acknowledged: Setup Assistant continues."""
+        async with self._sessions() as session, session.begin():
+            row = await session.get(EnrollmentRow, enrollment_id)
+            if row is not None:
+                row.awaiting_configuration = False
 
     async def enrolled(self) -> list[str]:
         async with self._sessions() as session:

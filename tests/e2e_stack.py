@@ -10,6 +10,7 @@ import uuid
 import zlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -17,6 +18,7 @@ import pytest
 from temporalio.client import Client
 
 from activities.mdm_server import NanoMdmClient
+from escrow.sealing import load_master_key
 from mdmflow.temporal_server import DevServer
 from simulator.app import create_app as create_sim_app
 from simulator.fleet import Fleet, FleetConfig
@@ -43,6 +45,7 @@ class E2E:
     temporal: DevServer
     services: Services
     sim: httpx.AsyncClient
+    var_dir: Path
 
     async def enroll(self, count: int) -> list[str]:
         """Enroll devices and let their check-in webhooks reach the relay first."""
@@ -77,7 +80,8 @@ async def e2e(
     store_url = f"sqlite:///{tmp_path_factory.mktemp('e2e') / 'mdmflow.db'}"
     engine = await open_engine(store_url)
     queue = f"e2e-{uuid.uuid4()}"
-    services = Services.create(dev_client, engine, queue)
+    var_dir = tmp_path_factory.mktemp("var")
+    services = Services.create(dev_client, engine, queue, load_master_key(var_dir))
     app = create_app(services, API_KEY, HMAC_KEY)
     api_server = LocalServer(app)
     fleet = Fleet(
@@ -94,7 +98,7 @@ async def e2e(
     sim_server = LocalServer(create_sim_app(fleet))
     mdm = NanoMdmClient(sim_server.url, SIM_KEY)
     async with api_server, sim_server:
-        worker = build_worker(dev_client, queue, mdm, services.store, services.register)
+        worker = build_worker(services, mdm)
         async with (
             worker,
             httpx.AsyncClient(
@@ -103,7 +107,16 @@ async def e2e(
             httpx.AsyncClient(base_url=sim_server.url, auth=("nanomdm", SIM_KEY)) as sim,
         ):
             yield E2E(
-                api, dev_client, fleet, sim_server.url, queue, store_url, dev_server, services, sim
+                api,
+                dev_client,
+                fleet,
+                sim_server.url,
+                queue,
+                store_url,
+                dev_server,
+                services,
+                sim,
+                var_dir,
             )
     await fleet.stop()
     await mdm.aclose()

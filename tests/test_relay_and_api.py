@@ -82,7 +82,8 @@ def ack(
 async def stack(dev_client: Client, store_engine: AsyncEngine) -> AsyncIterator[Stack]:
     queue = f"tq-{uuid.uuid4()}"
     mdm, inventory = RecordingMdm(), RecordingInventory()
-    app = create_app(Services.create(dev_client, store_engine, queue), API_KEY, HMAC_KEY)
+    services = Services.create(dev_client, store_engine, queue, bytes(32))
+    app = create_app(services, API_KEY, HMAC_KEY)
     async with (
         LocalServer(app) as server,
         Worker(

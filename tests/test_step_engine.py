@@ -136,6 +136,27 @@ async def test_silent_device_is_repushed_reissued_and_times_out_after_72h(
     assert harness.inventory.updates == []
 
 
+async def test_input_repush_schedule_replaces_the_default(harness: Harness) -> None:
+    # 10 s intervals in a 45 s step: re-push at 10 s, re-issue at 20 s, re-push at 30 s
+    # and 40 s. The default schedule (first re-push after 1 minute) would send nothing.
+    _eid, handle = await harness.start(repush_after_seconds=[10.0], step_timeout_seconds=45)
+    result = await handle.result()
+    assert result.status == "timed_out"
+    assert len(harness.mdm.pushes) == 3
+    assert len(harness.mdm.sent) == 2  # the first send and the one re-issue
+    reissued = {c.command.request_type for c in harness.mdm.sent[1].commands}
+    assert reissued == {"DeviceInformation", "SecurityInfo"}
+    step = (await state(handle)).steps[0]
+    assert step.pushes == 5
+    assert all(len(c.reissued_as) == 1 for c in step.commands)
+
+
+async def test_default_repush_schedule_is_silent_for_the_first_minute(harness: Harness) -> None:
+    _eid, handle = await harness.start(step_timeout_seconds=45)
+    assert (await handle.result()).status == "timed_out"
+    assert harness.mdm.pushes == [] and len(harness.mdm.sent) == 1
+
+
 async def test_answer_to_reissued_uuid_completes_the_command(harness: Harness) -> None:
     eid, handle = await harness.start()
     await harness.mdm.wait_sent(1)

@@ -182,6 +182,11 @@ class MdmWorkflow:
             return timedelta(seconds=self.input.step_timeout_seconds)
         return self.DEFAULT_STEP_TIMEOUT or ENGINE_DEFAULT_STEP_TIMEOUT
 
+    def _repush_schedule(self) -> tuple[timedelta, ...]:
+        if self.input.repush_after_seconds:
+            return tuple(timedelta(seconds=s) for s in self.input.repush_after_seconds)
+        return self.REPUSH_SCHEDULE
+
     def _new_uuid(self) -> str:
         instance = None if self.EXCLUSIVE else self.input.instance_id
         return routing.command_uuid(self.CODE, instance, workflow.uuid4().hex[:20])
@@ -273,11 +278,12 @@ class MdmWorkflow:
         self, record: StepRecord, commands: Sequence[Command], deadline: datetime
     ) -> Literal["answered", "timed_out", "reset"]:
         silent_repushes = 0
+        schedule = self._repush_schedule()
         while not self._all_answered():
             remaining = deadline - workflow.now()
             if remaining <= timedelta(0):
                 return "timed_out"
-            interval = self.REPUSH_SCHEDULE[min(silent_repushes, len(self.REPUSH_SCHEDULE) - 1)]
+            interval = schedule[min(silent_repushes, len(schedule) - 1)]
             try:
                 await workflow.wait_condition(
                     self._answered_or_reset, timeout=min(remaining, interval)

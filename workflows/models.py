@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, PositiveFloat
 
 from protocol.results import CommandReport
 
@@ -21,6 +21,9 @@ class WorkflowInput(BaseModel):
     url_params: dict[str, str] = Field(default_factory=dict)
     # Workflow-level default step timeout; a step's own timeout wins, the engine's 72 h loses.
     step_timeout_seconds: float | None = None
+    # Re-push intervals in seconds (the last one repeats) instead of the workflow's
+    # REPUSH_SCHEDULE; lets tests and chaos runs see re-push and re-issue in seconds.
+    repush_after_seconds: list[PositiveFloat] | None = None
 
 
 class CommandProgress(BaseModel):

@@ -2,17 +2,31 @@
 
 from __future__ import annotations
 
+from workflows.certprof import CertProfWorkflow
+from workflows.cmdplan import CmdPlanWorkflow
 from workflows.devinfolog import DevInfoLogWorkflow
 from workflows.engine import MdmWorkflow
+from workflows.fvenable import FileVaultEnableWorkflow
+from workflows.fvrotate import FileVaultRotateWorkflow
 from workflows.inventory import InventoryWorkflow
+from workflows.lock import LockWorkflow
+from workflows.profile import ProfileWorkflow
 
-WORKFLOWS: tuple[type[MdmWorkflow], ...] = (InventoryWorkflow, DevInfoLogWorkflow)
+WORKFLOWS: tuple[type[MdmWorkflow], ...] = (
+    InventoryWorkflow,
+    DevInfoLogWorkflow,
+    LockWorkflow,
+    ProfileWorkflow,
+    CmdPlanWorkflow,
+    CertProfWorkflow,
+    FileVaultEnableWorkflow,
+    FileVaultRotateWorkflow,
+)
 
 BY_NAME: dict[str, type[MdmWorkflow]] = {w.NAME: w for w in WORKFLOWS}
 BY_CODE: dict[str, type[MdmWorkflow]] = {w.CODE: w for w in WORKFLOWS}
 
 assert len(BY_CODE) == len(WORKFLOWS), "workflow codes must be unique"
-
 
 
 def command_response_subscribers(request_type: str, status: str) -> list[type[MdmWorkflow]]:
@@ -23,4 +37,3 @@ def command_response_subscribers(request_type: str, status: str) -> list[type[Md
         if request_type in w.ALL_COMMAND_RESPONSE_TYPES
         and (status != "NotNow" or w.ALL_COMMAND_RESPONSE_NOTNOW)
     ]
-

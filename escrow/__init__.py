@@ -1,0 +1,1 @@
+"""Secrets: FileVault recovery keys and lock PINs, sealed at rest, never in history."""

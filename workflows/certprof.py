@@ -1,0 +1,98 @@
+"""``io.micromdm.wf.certprof.v1``: install a certificate profile when the device's
+certificate is missing or about to expire.
+
+Context (NanoCMD's JSON): ``{"profile": "name", "filter": {"cn_prefix": "...",
+"allow_non_identity": false}, "criteria": {"always_replace": false,
+"until_expiry_sec": 2592000}, "text_replacements": {"old": "new"},
+"no_managed_only": false}``.
+Commands that reach the device:
+  1. step "list": CertificateList (managed only unless ``no_managed_only``).
+  2. step "install": InstallProfile of the stored profile with the text replacements —
+     only when no certificate matches the filter or the match meets the criteria.
+More than one matching certificate fails the run (the filter is ambiguous).
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+
+from temporalio import workflow
+
+with workflow.unsafe.imports_passed_through():
+    from pydantic import BaseModel, Field, ValidationError
+
+    from activities.models import CertDecision, CertEvaluation, CertificateFacts
+    from protocol.commands import certificate_list, install_stored_profile
+    from protocol.results import CertificateListResponse, typed
+    from workflows.engine import MdmWorkflow
+    from workflows.models import RunResult, WorkflowInput
+
+
+class CertFilter(BaseModel):
+    cn_prefix: str = ""
+    allow_non_identity: bool = False
+
+
+class CertCriteria(BaseModel):
+    always_replace: bool = False
+    until_expiry_sec: int = 0
+
+
+class CertProfContext(BaseModel):
+    profile: str = Field(min_length=1)
+    filter: CertFilter
+    criteria: CertCriteria | None = None
+    text_replacements: dict[str, str] = Field(default_factory=dict)
+    no_managed_only: bool = False
+
+
+@workflow.defn(name="io.micromdm.wf.certprof.v1")
+class CertProfWorkflow(MdmWorkflow):
+    NAME = "io.micromdm.wf.certprof.v1"
+    CODE = "crt"
+
+    @workflow.run
+    async def run(self, inp: WorkflowInput) -> RunResult:
+        self.begin(inp)
+        try:
+            ctx = CertProfContext.model_validate(json.loads(inp.context or ""))
+        except (ValueError, ValidationError) as exc:
+            return self.finish("failed", f"bad context (needs profile and filter): {exc}")
+
+        listed = await self.step("list", [certificate_list(managed_only=not ctx.no_managed_only)])
+        if listed.incomplete or listed.errors:
+            return self.finish("timed_out" if listed.timed_out else "failed", listed.describe())
+        assert listed.results[0] is not None
+        certs = typed(listed.results[0], CertificateListResponse).certificate_list
+        criteria = ctx.criteria or CertCriteria()
+        decision = await workflow.execute_activity(
+            "certprof.evaluate",
+            CertEvaluation(
+                certificates=[
+                    CertificateFacts(
+                        common_name=c.common_name, data=c.data, is_identity=c.is_identity
+                    )
+                    for c in certs
+                ],
+                cn_prefix=ctx.filter.cn_prefix,
+                allow_non_identity=ctx.filter.allow_non_identity,
+                # NanoCMD: no criteria means an existing certificate is never replaced
+                always_replace=criteria.always_replace,
+                until_expiry_sec=criteria.until_expiry_sec,
+            ),
+            start_to_close_timeout=timedelta(seconds=30),
+            result_type=CertDecision,
+            summary="check certificate",
+        )
+        if not decision.replace:
+            return self.finish("completed", f"not installing: {decision.reason}")
+
+        step = await self.step(
+            "install", [install_stored_profile(ctx.profile, ctx.text_replacements)]
+        )
+        if step.timed_out:
+            return self.finish("timed_out", step.describe())
+        if step.reset or step.errors:
+            return self.finish("failed", step.describe())
+        return self.finish("completed", f"profile {ctx.profile!r} installed: {decision.reason}")

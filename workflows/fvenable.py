@@ -1,0 +1,86 @@
+"""``io.micromdm.wf.fvenable.v1``: turn FileVault on and escrow the recovery key.
+
+Commands that reach the device:
+  1. step "install": InstallProfile of the FileVault escrow profile (our escrow
+     certificate inside; the stored template ``io.micromdm.wf.fvenable.v1`` if any).
+  2. step "poll", repeated on a durable timer: SecurityInfo, until FileVault is on and
+     the device reports ``FDE_PersonalRecoveryKeyCMS``.
+The CMS is decrypted and sealed inside an activity; the recovery key never enters
+workflow history. Context (optional JSON): ``{"poll_seconds": 120, "max_polls": 180}``
+(NanoCMD's 2 minutes x 180, about 6 hours). A refused profile fails the run; a
+FileVault that is not on after the last poll ends the run ``timed_out``.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+
+from temporalio import workflow
+
+with workflow.unsafe.imports_passed_through():
+    from pydantic import BaseModel, Field, ValidationError
+
+    from activities.models import EscrowCms, EscrowReceipt
+    from protocol.commands import install_escrow_profile, security_info
+    from protocol.results import SecurityInfoResponse, typed
+    from workflows.engine import MdmWorkflow
+    from workflows.models import RunResult, WorkflowInput
+
+
+class PollContext(BaseModel):
+    poll_seconds: float = Field(default=120, gt=0)
+    max_polls: int = Field(default=180, gt=0)
+
+    @classmethod
+    def parse(cls, context: str | None) -> PollContext:
+        return cls.model_validate(json.loads(context)) if context else cls()
+
+
+@workflow.defn(name="io.micromdm.wf.fvenable.v1")
+class FileVaultEnableWorkflow(MdmWorkflow):
+    NAME = "io.micromdm.wf.fvenable.v1"
+    CODE = "fve"
+
+    @workflow.run
+    async def run(self, inp: WorkflowInput) -> RunResult:
+        self.begin(inp)
+        try:
+            ctx = PollContext.parse(inp.context)
+        except (ValueError, ValidationError) as exc:
+            return self.finish("failed", f"bad context: {exc}")
+        install = await self.step("install", [install_escrow_profile()])
+        if install.timed_out:
+            return self.finish("timed_out", install.describe())
+        if install.reset or install.errors:
+            return self.finish("failed", install.describe())
+
+        for _ in range(ctx.max_polls):
+            poll = await self.step(
+                "poll",
+                [security_info()],
+                not_until=workflow.now() + timedelta(seconds=ctx.poll_seconds),
+            )
+            if poll.timed_out:
+                return self.finish("timed_out", poll.describe())
+            if poll.reset:
+                return self.finish("failed", poll.describe())
+            report = poll.results[0]
+            if report is None or report.status != "Acknowledged":
+                continue  # NanoCMD keeps polling through errors too
+            info = typed(report, SecurityInfoResponse).security_info
+            cms = info.fde_personal_recovery_key_cms
+            if info.fde_enabled and isinstance(cms, dict):
+                receipt = await workflow.execute_activity(
+                    "escrow.store_cms",
+                    EscrowCms(enrollment_id=inp.enrollment_id, cms=cms, source=report.command_uuid),
+                    start_to_close_timeout=timedelta(seconds=30),
+                    result_type=EscrowReceipt,
+                    summary="decrypt and escrow the recovery key",
+                )
+                return self.finish(
+                    "completed", f"FileVault on; recovery key escrowed (#{receipt.secret_id})"
+                )
+        return self.finish(
+            "timed_out", f"FileVault not on with an escrowed key after {ctx.max_polls} polls"
+        )

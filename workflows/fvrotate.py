@@ -1,0 +1,52 @@
+"""``io.micromdm.wf.fvrotate.v1``: rotate the FileVault personal recovery key.
+
+Commands that reach the device, in one step:
+  1. RotateFileVaultKey, unlocking with the escrowed key and asking for the new key
+     encrypted to our escrow certificate. Both are put into the command inside the
+     send activity, so no key enters workflow history.
+The new key is decrypted and escrowed; the previous one is kept (superseded). With no
+escrowed key the run fails before anything is sent; a device Error (e.g. the escrowed
+key is wrong) fails the run with the error chain.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from temporalio import workflow
+
+with workflow.unsafe.imports_passed_through():
+    from activities.models import EscrowCms, EscrowReceipt
+    from protocol.commands import rotate_filevault_key
+    from workflows.engine import MdmWorkflow
+    from workflows.models import RunResult, WorkflowInput
+
+
+@workflow.defn(name="io.micromdm.wf.fvrotate.v1")
+class FileVaultRotateWorkflow(MdmWorkflow):
+    NAME = "io.micromdm.wf.fvrotate.v1"
+    CODE = "fvr"
+
+    @workflow.run
+    async def run(self, inp: WorkflowInput) -> RunResult:
+        self.begin(inp)
+        step = await self.step("rotate", [rotate_filevault_key()])
+        if step.timed_out:
+            return self.finish("timed_out", step.describe())
+        report = step.results[0]
+        if step.reset or report is None or report.status != "Acknowledged":
+            return self.finish("failed", step.describe())
+        result = report.body.get("RotateResult")
+        cms = result.get("EncryptedNewRecoveryKey") if isinstance(result, dict) else None
+        if not isinstance(cms, dict):
+            return self.finish("failed", "device acknowledged but sent no new recovery key")
+        receipt = await workflow.execute_activity(
+            "escrow.store_cms",
+            EscrowCms(enrollment_id=inp.enrollment_id, cms=cms, source=report.command_uuid),
+            start_to_close_timeout=timedelta(seconds=30),
+            result_type=EscrowReceipt,
+            summary="decrypt and escrow the new recovery key",
+        )
+        return self.finish(
+            "completed", f"recovery key rotated; new key escrowed (#{receipt.secret_id})"
+        )

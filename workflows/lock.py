@@ -1,0 +1,61 @@
+"""``io.micromdm.wf.lock.v1``: lock a lost Mac (or iPhone/iPad) and keep the PIN.
+
+Commands that reach the device, in one step:
+  1. DeviceLock with a new random 6-digit PIN and the optional message / phone number.
+The PIN is generated and escrowed inside the send activity: it never enters workflow
+history. Retrieve it with ``GET /v1/escrow/{id}/pin`` (every retrieval is recorded).
+Context: optional JSON ``{"message": "...", "phone_number": "..."}`` or a plain message.
+On a device Error the run fails with the error; a re-enrollment or CheckOut mid-step
+ends the run (a lock is not silently re-sent).
+"""
+
+from __future__ import annotations
+
+import json
+
+from temporalio import workflow
+
+with workflow.unsafe.imports_passed_through():
+    from pydantic import BaseModel, ValidationError
+
+    from protocol.commands import device_lock
+    from workflows.engine import MdmWorkflow
+    from workflows.models import RunResult, WorkflowInput
+
+
+class LockContext(BaseModel):
+    message: str | None = None
+    phone_number: str | None = None
+
+    @classmethod
+    def parse(cls, context: str | None) -> LockContext:
+        if not context:
+            return cls()
+        try:
+            doc = json.loads(context)
+        except json.JSONDecodeError:
+            return cls(message=context)
+        if not isinstance(doc, dict):
+            return cls(message=context)
+        return cls.model_validate(doc)
+
+
+@workflow.defn(name="io.micromdm.wf.lock.v1")
+class LockWorkflow(MdmWorkflow):
+    NAME = "io.micromdm.wf.lock.v1"
+    CODE = "lck"
+    ON_ENROLLMENT_RESET = "fail"
+
+    @workflow.run
+    async def run(self, inp: WorkflowInput) -> RunResult:
+        self.begin(inp)
+        try:
+            ctx = LockContext.parse(inp.context)
+        except ValidationError as exc:
+            return self.finish("failed", f"bad context: {exc.errors()[0]['msg']}")
+        step = await self.step("lock", [device_lock(ctx.message, ctx.phone_number)])
+        if step.timed_out:
+            return self.finish("timed_out", step.describe())
+        if step.reset or step.errors:
+            return self.finish("failed", step.describe())
+        return self.finish("completed", "device locked; PIN escrowed")
