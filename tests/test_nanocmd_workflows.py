@@ -7,9 +7,11 @@ import asyncio
 import base64
 import hashlib
 import json
+import logging
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -29,8 +31,27 @@ FVENABLE = "io.micromdm.wf.fvenable.v1"
 FVROTATE = "io.micromdm.wf.fvrotate.v1"
 FAST_POLL = json.dumps({"poll_seconds": 0.3, "max_polls": 40})
 
-# Every secret any test here saw; the last test searches all histories for them.
+# Every secret any test here saw; the last test searches all histories and logs for them.
 SEEN_SECRETS: set[str] = set()
+LOG_LINES: list[str] = []
+
+
+class _Collect(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        LOG_LINES.append(self.format(record))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _collect_logs() -> Iterator[None]:
+    """Everything mdmflow, temporalio and the simulator log while these tests run."""
+    handler = _Collect(level=logging.DEBUG)
+    root = logging.getLogger()
+    previous = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG)
+    yield
+    root.removeHandler(handler)
+    root.setLevel(previous)
 
 
 def mobileconfig(identifier: str, uuid: str, marker: str = "x") -> bytes:
@@ -159,6 +180,31 @@ async def test_fvenable_device_error_notnow_and_timeout(e2e: E2E) -> None:
     assert later["status"] == "completed"
     assert never["status"] == "timed_out"
     SEEN_SECRETS.add(e2e.fleet.recovery_key(busy) or "")
+
+
+async def test_fvrotate_device_error_notnow_and_timeout(e2e: E2E) -> None:
+    failing, busy, offline = await e2e.enroll(3)
+    for eid in (failing, busy, offline):
+        assert (await run(e2e, FVENABLE, eid, FAST_POLL))["status"] == "completed"
+        SEEN_SECRETS.add(e2e.fleet.recovery_key(eid) or "")
+    e2e.fleet.set_behaviour(
+        failing, DeviceBehaviour(errors={"RotateFileVaultKey": (12082, "MCMDMErrorDomain", "no")})
+    )
+    e2e.fleet.set_behaviour(busy, DeviceBehaviour(notnow_count=1))
+    e2e.fleet.set_behaviour(offline, DeviceBehaviour(offline=True))
+    failed, later, never = await asyncio.gather(
+        run(e2e, FVROTATE, failing),
+        run(e2e, FVROTATE, busy),
+        run(e2e, FVROTATE, offline, step_timeout=2),
+    )
+    assert failed["status"] == "failed" and "MCMDMErrorDomain 12082" in failed["message"]
+    assert later["status"] == "completed"
+    assert (await secret(e2e, busy, "prk"))["secrets"][0]["secret"] == e2e.fleet.recovery_key(busy)
+    assert never["status"] == "timed_out"
+    # the failed rotation left the escrowed key as it was
+    assert (await secret(e2e, failing, "prk"))["secrets"][0]["secret"] == e2e.fleet.recovery_key(
+        failing
+    )
 
 
 async def test_escrowed_key_survives_a_restart_of_the_api(e2e: E2E) -> None:
@@ -384,3 +430,8 @@ async def test_no_history_contains_a_secret(e2e: E2E) -> None:
                 assert form not in text, f"secret found in the history of {execution.id}"
         histories += 1
     assert histories >= 20
+    logs = "\n".join(LOG_LINES)
+    assert len(LOG_LINES) > 100 and "escrowed prk" in logs
+    for s in secrets:
+        forms = [s] if len(s) > 6 else [f'"{s}"', f"'{s}'", f" {s} ", f"={s}"]
+        assert not any(form in logs for form in forms), "secret found in the logs"
