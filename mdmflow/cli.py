@@ -46,9 +46,11 @@ def _build() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_temporal)
 
+    from starter.admin_cli import register as register_admin
     from starter.client_cli import register
 
     register(sub)
+    register_admin(sub)
     try:
         from simulator.cli import register as register_sim
     except ImportError:  # pragma: no cover - the simulator ships with mdmflow

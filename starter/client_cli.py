@@ -13,12 +13,12 @@ import httpx
 from mdmflow import config
 
 
-def _client(args: argparse.Namespace) -> httpx.Client:
+def api_client(args: argparse.Namespace) -> httpx.Client:
     key = args.api_key or os.environ.get("MDMFLOW_API_KEY") or config.load().api_key
     return httpx.Client(base_url=args.api_url, auth=("nanocmd", key), timeout=60)
 
 
-def _print(resp: httpx.Response) -> int:
+def print_response(resp: httpx.Response) -> int:
     try:
         body: Any = resp.json()
     except ValueError:
@@ -31,8 +31,8 @@ def cmd_start(args: argparse.Namespace) -> int:
     params: list[tuple[str, str | int | float | bool | None]] = [("id", i) for i in args.ids]
     if args.context is not None:
         params.append(("context", args.context))
-    with _client(args) as c:
-        return _print(c.post(f"/v1/workflow/{args.workflow}/start", params=params))
+    with api_client(args) as c:
+        return print_response(c.post(f"/v1/workflow/{args.workflow}/start", params=params))
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
@@ -41,22 +41,26 @@ def cmd_runs(args: argparse.Namespace) -> int:
         for k, v in {"instance_id": args.instance, "id": args.id, "workflow": args.workflow}.items()
         if v
     }
-    with _client(args) as c:
-        return _print(c.get("/v1/runs", params=params))
+    with api_client(args) as c:
+        return print_response(c.get("/v1/runs", params=params))
 
 
 def cmd_inventory(args: argparse.Namespace) -> int:
-    with _client(args) as c:
-        return _print(c.get("/v1/inventory", params=[("id", i) for i in args.ids]))
+    with api_client(args) as c:
+        return print_response(c.get("/v1/inventory", params=[("id", i) for i in args.ids]))
+
+
+def add_api_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--api-url",
+        default=os.environ.get("MDMFLOW_API_URL", "http://127.0.0.1:9003"),
+        help="mdmflow API (default: MDMFLOW_API_URL or http://127.0.0.1:9003)",
+    )
+    p.add_argument("--api-key", default=None, help="default: MDMFLOW_API_KEY or var/api_key")
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument(
-            "--api-url", default=os.environ.get("MDMFLOW_API_URL", "http://127.0.0.1:9003")
-        )
-        p.add_argument("--api-key", default=None, help="default: MDMFLOW_API_KEY or var/api_key")
-
+    common = add_api_options
     p = sub.add_parser(
         "start",
         help="start a workflow for enrollments",

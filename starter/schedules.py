@@ -65,6 +65,8 @@ def _schedule(name: str, req: ScheduleRequest, task_queue: str) -> Schedule:
             StartRequest(workflow=req.workflow, ids=req.ids, context=req.context),
             id=f"scheduled/{name}",
             task_queue=task_queue,
+            # Temporal turns cron into calendars; keep what the operator wrote.
+            memo={"mdmflow_spec": req.model_dump(include={"every_seconds", "cron"})},
         ),
         spec=spec,
         state=ScheduleState(paused=req.paused, note=req.note or ""),
@@ -110,12 +112,19 @@ async def describe(client: Client, name: str) -> dict[str, Any]:
             (arg,) = await client.data_converter.decode([arg], [StartRequest])
         if isinstance(arg, StartRequest):
             request = arg.model_dump()
+    written: dict[str, Any] = {}
+    if isinstance(action, ScheduleActionStartWorkflow) and action.memo:
+        raw = action.memo.get("mdmflow_spec")
+        if isinstance(raw, Payload):
+            (raw,) = await client.data_converter.decode([raw], [dict])
+        if isinstance(raw, dict):
+            written = raw
     spec = desc.schedule.spec
     return {
         "name": name,
         "request": request,
         "every_seconds": [int(i.every.total_seconds()) for i in spec.intervals],
-        "cron": list(spec.cron_expressions),
+        "cron": [written["cron"]] if written.get("cron") else list(spec.cron_expressions),
         "paused": desc.schedule.state.paused,
         "note": desc.schedule.state.note,
         "next_runs": [t.isoformat() for t in desc.info.next_action_times[:5]],
