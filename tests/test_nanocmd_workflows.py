@@ -435,3 +435,26 @@ async def test_no_history_contains_a_secret(e2e: E2E) -> None:
     for s in secrets:
         forms = [s] if len(s) > 6 else [f'"{s}"', f"'{s}'", f" {s} ", f"={s}"]
         assert not any(form in logs for form in forms), "secret found in the logs"
+
+
+async def test_reenrolling_a_device_ends_a_pending_lock_at_once(e2e: E2E) -> None:
+    """A lock is never silently re-sent to a device that re-enrolled."""
+    (eid,) = await e2e.enroll(1)
+    e2e.fleet.set_behaviour(eid, DeviceBehaviour(offline=True))
+    await start_workflow(e2e.client, e2e.queue, LOCK, [eid])
+    for _ in range(100):
+        if e2e.fleet.device_state(eid)["queue"]:
+            break
+        await asyncio.sleep(0.05)
+    await e2e.fleet.reenroll(eid)
+    handle = e2e.client.get_workflow_handle(f"{LOCK}/{eid}")
+    result = await asyncio.wait_for(handle.result(), 10)
+    assert result["status"] == "failed" and "re-enrolled" in result["message"]
+    assert e2e.fleet.device_state(eid)["queue"] == []
+
+
+async def test_fvenable_profile_template_is_served(e2e: E2E) -> None:
+    resp = await e2e.api.get("/v1/fvenable/profiletemplate")
+    assert resp.status_code == 200
+    assert "__CERTIFICATE__" in resp.text
+    assert "com.apple.security.FDERecoveryKeyEscrow" in resp.text
