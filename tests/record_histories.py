@@ -27,6 +27,7 @@ from workflows import search_attributes as sa
 from workflows.catalog import ALL_WORKFLOWS
 from workflows.devinfolog import DevInfoLogWorkflow
 from workflows.inventory import InventoryWorkflow
+from workflows.lock import LockWorkflow
 from workflows.models import RunResult, WorkflowInput
 
 OUT = Path(__file__).parent / "histories"
@@ -78,6 +79,9 @@ async def main() -> None:
             await handle.result()
             history = await handle.fetch_history()
             path = OUT / f"v{__version__}-{scenario}.json"
+            if path.exists():  # histories of earlier code are kept as they were
+                print("kept", path)
+                return
             path.write_text(history.to_json())
             print("recorded", path)
 
@@ -100,6 +104,12 @@ async def main() -> None:
             "devinfolog-ack",
             [(0, "DeviceInformation", "Acknowledged", DEVINFO)],
         )
+        await run(
+            LockWorkflow.NAME,
+            "lock-notnow-then-ack",
+            [(0, "DeviceLock", "NotNow", {}), (0, "DeviceLock", "Acknowledged", {})],
+        )
+        await run(LockWorkflow.NAME, "lock-error", [(0, "DeviceLock", "Error", {})])
     await env.shutdown()
 
 
