@@ -24,9 +24,8 @@ BIN = Path(sys.executable).parent
 FIXTURES = Path(__file__).parent / "fixtures"
 
 
-@pytest.fixture(scope="session")
-async def time_env() -> AsyncIterator[WorkflowEnvironment]:
-    """The time-skipping test server: timers of days pass in milliseconds."""
+async def start_time_skipping() -> WorkflowEnvironment:
+    """The time-skipping test server with our search attributes registered."""
     env = await WorkflowEnvironment.start_time_skipping(
         test_server_existing_path=str(BIN / "temporal-test-server"),
         data_converter=pydantic_data_converter,
@@ -37,6 +36,13 @@ async def time_env() -> AsyncIterator[WorkflowEnvironment]:
             search_attributes={k.name: IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD for k in sa.ALL},
         )
     )
+    return env
+
+
+@pytest.fixture(scope="session")
+async def time_env() -> AsyncIterator[WorkflowEnvironment]:
+    """The time-skipping test server: timers of days pass in milliseconds."""
+    env = await start_time_skipping()
     yield env
     await env.shutdown()
 

@@ -11,19 +11,14 @@ import asyncio
 import uuid
 from pathlib import Path
 
-from temporalio.api.enums.v1 import IndexedValueType
-from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
-from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from mdmflow import __version__
 from protocol import routing
-from tests.conftest import BIN
+from tests.conftest import start_time_skipping
 from tests.workflow_harness import RecordingInventory, RecordingMdm, enrollment, report
 from worker import PASSTHROUGH
-from workflows import search_attributes as sa
 from workflows.catalog import ALL_WORKFLOWS
 from workflows.devinfolog import DevInfoLogWorkflow
 from workflows.inventory import InventoryWorkflow
@@ -36,16 +31,7 @@ SECINFO = {"SecurityInfo": {"FDE_Enabled": True, "SystemIntegrityProtectionEnabl
 
 
 async def main() -> None:
-    env = await WorkflowEnvironment.start_time_skipping(
-        test_server_existing_path=str(BIN / "temporal-test-server"),
-        data_converter=pydantic_data_converter,
-    )
-    await env.client.operator_service.add_search_attributes(
-        AddSearchAttributesRequest(
-            namespace=env.client.namespace,
-            search_attributes={k.name: IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD for k in sa.ALL},
-        )
-    )
+    env = await start_time_skipping()
     mdm, inv = RecordingMdm(), RecordingInventory()
     queue = "record"
     async with Worker(

@@ -21,10 +21,10 @@ from temporalio import workflow
 with workflow.unsafe.imports_passed_through():
     from pydantic import BaseModel, Field, ValidationError
 
-    from activities.models import EscrowCms, EscrowReceipt
     from protocol.commands import install_escrow_profile, security_info
     from protocol.results import SecurityInfoResponse, typed
     from workflows.engine import MdmWorkflow
+    from workflows.escrowing import escrow_recovery_key
     from workflows.models import RunResult, WorkflowInput
 
 
@@ -71,15 +71,9 @@ class FileVaultEnableWorkflow(MdmWorkflow):
             info = typed(report, SecurityInfoResponse).security_info
             cms = info.fde_personal_recovery_key_cms
             if info.fde_enabled and isinstance(cms, dict):
-                receipt = await workflow.execute_activity(
-                    "escrow.store_cms",
-                    EscrowCms(enrollment_id=inp.enrollment_id, cms=cms, source=report.command_uuid),
-                    start_to_close_timeout=timedelta(seconds=30),
-                    result_type=EscrowReceipt,
-                    summary="decrypt and escrow the recovery key",
-                )
+                secret_id = await escrow_recovery_key(inp.enrollment_id, cms, report.command_uuid)
                 return self.finish(
-                    "completed", f"FileVault on; recovery key escrowed (#{receipt.secret_id})"
+                    "completed", f"FileVault on; recovery key escrowed (#{secret_id})"
                 )
         return self.finish(
             "timed_out", f"FileVault not on with an escrowed key after {ctx.max_polls} polls"

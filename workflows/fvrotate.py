@@ -11,14 +11,12 @@ key is wrong) fails the run with the error chain.
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
-    from activities.models import EscrowCms, EscrowReceipt
     from protocol.commands import rotate_filevault_key
     from workflows.engine import MdmWorkflow
+    from workflows.escrowing import escrow_recovery_key
     from workflows.models import RunResult, WorkflowInput
 
 
@@ -40,13 +38,5 @@ class FileVaultRotateWorkflow(MdmWorkflow):
         cms = result.get("EncryptedNewRecoveryKey") if isinstance(result, dict) else None
         if not isinstance(cms, dict):
             return self.finish("failed", "device acknowledged but sent no new recovery key")
-        receipt = await workflow.execute_activity(
-            "escrow.store_cms",
-            EscrowCms(enrollment_id=inp.enrollment_id, cms=cms, source=report.command_uuid),
-            start_to_close_timeout=timedelta(seconds=30),
-            result_type=EscrowReceipt,
-            summary="decrypt and escrow the new recovery key",
-        )
-        return self.finish(
-            "completed", f"recovery key rotated; new key escrowed (#{receipt.secret_id})"
-        )
+        secret_id = await escrow_recovery_key(inp.enrollment_id, cms, report.command_uuid)
+        return self.finish("completed", f"recovery key rotated; new key escrowed (#{secret_id})")

@@ -1,0 +1,26 @@
+"""Hand a device's CMS-encrypted recovery key to the escrow activity (workflow side).
+
+The workflow passes ciphertext and gets back only a receipt number; decryption and
+sealing happen in the activity, so the key itself never enters history.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from temporalio import workflow
+
+with workflow.unsafe.imports_passed_through():
+    from activities.models import EscrowCms, EscrowReceipt
+
+
+async def escrow_recovery_key(enrollment_id: str, cms: dict[str, Any], source: str) -> int:
+    receipt: EscrowReceipt = await workflow.execute_activity(
+        "escrow.store_cms",
+        EscrowCms(enrollment_id=enrollment_id, cms=cms, source=source),
+        start_to_close_timeout=timedelta(seconds=30),
+        result_type=EscrowReceipt,
+        summary="decrypt and escrow the recovery key",
+    )
+    return receipt.secret_id
