@@ -23,7 +23,7 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from escrow.sealing import Sealer
-from store.db import EscrowKeyRow, SecretAccessRow, SecretRow
+from store.db import EscrowKeyRow, SecretAccessRow, SecretRow, iso_utc
 
 KINDS = ("prk", "pin")
 
@@ -210,8 +210,8 @@ class EscrowStore:
         return [
             {
                 "secret": self._open(r),
-                "created": r.created.isoformat(),
-                "superseded": r.superseded.isoformat() if r.superseded else None,
+                "created": iso_utc(r.created),
+                "superseded": iso_utc(r.superseded),
                 "source": r.source,
             }
             for r in rows
@@ -225,7 +225,7 @@ class EscrowStore:
                 .order_by(SecretAccessRow.id)
             )
             return [
-                {"kind": r.kind, "who": r.who, "reason": r.reason, "at": r.at.isoformat()}
+                {"kind": r.kind, "who": r.who, "reason": r.reason, "at": iso_utc(r.at)}
                 for r in rows
             ]
 
@@ -240,5 +240,5 @@ class EscrowStore:
                 entry = out.setdefault(r.kind, {"escrowed": 0, "current_since": None})
                 entry["escrowed"] += 1
                 if r.superseded is None:
-                    entry["current_since"] = r.created.isoformat()
+                    entry["current_since"] = iso_utc(r.created)
             return out

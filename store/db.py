@@ -6,7 +6,7 @@ upgrades); ``schema_version`` records the layout for migrations that change tabl
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 
 from sqlalchemy import (
     JSON,
@@ -148,6 +148,13 @@ class SecretAccessRow(Base):
     who: Mapped[str] = mapped_column(String(255))
     reason: Mapped[str] = mapped_column(Text, default="")
     at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+def iso_utc(value: datetime | None) -> str | None:
+    """ISO 8601 in UTC; SQLite hands back naive datetimes for UTC columns."""
+    if value is None:
+        return None
+    return (value if value.tzinfo else value.replace(tzinfo=UTC)).isoformat()
 
 
 def normalise_url(url: str) -> str:

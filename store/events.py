@@ -11,7 +11,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
-from store.db import EnrollmentRow, EventClaimRow, EventSubscriptionRow
+from store.db import EnrollmentRow, EventClaimRow, EventSubscriptionRow, iso_utc
 
 # Claims older than this are pruned; duplicates arrive within seconds.
 CLAIM_RETENTION = timedelta(days=1)
@@ -67,7 +67,7 @@ class SubscriptionStore:
             out["starts"] = row.starts
             if row.last_error:
                 out["last_error"] = row.last_error
-                out["last_error_at"] = row.last_error_at.isoformat() if row.last_error_at else None
+                out["last_error_at"] = iso_utc(row.last_error_at)
             return out
 
     async def delete(self, name: str) -> bool:

@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
-from store.db import DeviceInfoLogRow, InventoryRow
+from store.db import DeviceInfoLogRow, InventoryRow, iso_utc
 
 # Keys that must never be served by the inventory API even if a writer stored them.
 SECRET_KEYS = frozenset({"prk", "pin", "recovery_key"})
@@ -69,7 +69,7 @@ class InventoryStore:
             return [
                 {
                     "command_uuid": r.command_uuid,
-                    "created": r.created.isoformat(),
+                    "created": iso_utc(r.created),
                     "query_responses": r.query_responses,
                 }
                 for r in rows
