@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
+from escrow import fvprofile
 from protocol import cms
 from store.db import ProfileRow
 from store.named import put_named
@@ -83,8 +84,17 @@ class ProfileStore:
         self._sessions = async_sessionmaker(engine, expire_on_commit=False)
 
     async def put(self, name: str, raw: bytes) -> ProfileInfo:
-        """Store (or replace) ``name``; raises ProfileError before storing a bad one."""
-        info = parse_profile(raw)
+        """Store (or replace) ``name``; raises ProfileError before storing a bad one.
+
+        The FileVault template (stored as ``io.micromdm.wf.fvenable.v1``) holds the
+        ``__CERTIFICATE__`` placeholder where base64 goes; it is checked as rendered.
+        """
+        if name == fvprofile.TEMPLATE_PROFILE_NAME:
+            if fvprofile.PLACEHOLDER.encode() not in raw:
+                raise ProfileError(f"the FileVault template needs {fvprofile.PLACEHOLDER}")
+            info = parse_profile(fvprofile.render(raw, b"\x30\x00"))
+        else:
+            info = parse_profile(raw)
         values = {
             "identifier": info.identifier,
             "uuid": info.uuid,

@@ -458,3 +458,23 @@ async def test_fvenable_profile_template_is_served(e2e: E2E) -> None:
     assert resp.status_code == 200
     assert "__CERTIFICATE__" in resp.text
     assert "com.apple.security.FDERecoveryKeyEscrow" in resp.text
+
+
+async def test_fvenable_uses_a_stored_template(e2e: E2E) -> None:
+    """An admin's own FileVault profile replaces the built-in one, certificate injected."""
+    builtin = (await e2e.api.get("/v1/fvenable/profiletemplate")).text
+    custom = builtin.replace(
+        "<string>io.micromdm.wf.fvenable.v1.profile</string>", "<string>com.example.fv</string>"
+    )
+    resp = await e2e.api.put(f"/v1/profile/{FVENABLE}", content=custom.encode())
+    assert resp.status_code == 204, resp.text
+    no_placeholder = await e2e.api.put(f"/v1/profile/{FVENABLE}", content=mobileconfig("a", "b"))
+    assert no_placeholder.status_code == 400 and "__CERTIFICATE__" in no_placeholder.json()["error"]
+    try:
+        (eid,) = await e2e.enroll(1)
+        assert (await run(e2e, FVENABLE, eid, FAST_POLL))["status"] == "completed"
+        assert (await secret(e2e, eid, "prk"))["secrets"][0]["secret"] == e2e.fleet.recovery_key(
+            eid
+        )
+    finally:
+        await e2e.api.delete(f"/v1/profile/{FVENABLE}")
