@@ -29,5 +29,8 @@ test: lint typecheck unit
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
 
+chaos: $(STAMP)
+	$(BIN)/python -m bench.chaos
+
 clean:
 	rm -rf $(VENV) var .mypy_cache .pytest_cache .ruff_cache

@@ -133,6 +133,21 @@ class EnrollmentRegister:
         awaiting_configuration: bool | None = None,
     ) -> int:
         """Record a check-in; returns TokenUpdates seen since the last Authenticate."""
+        args = (enrollment_id, enrollment_type, message, url_params, awaiting_configuration)
+        try:
+            return await self._checkin(*args)
+        except IntegrityError:
+            # A concurrent first check-in of this enrollment inserted the row: update it.
+            return await self._checkin(*args)
+
+    async def _checkin(
+        self,
+        enrollment_id: str,
+        enrollment_type: str,
+        message: str,
+        url_params: dict[str, str],
+        awaiting_configuration: bool | None,
+    ) -> int:
         async with self._sessions() as session, session.begin():
             row = await session.get(EnrollmentRow, enrollment_id, with_for_update=True)
             if row is None:

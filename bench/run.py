@@ -1,0 +1,132 @@
+"""``make bench``: every benchmark in turn, a JSON file each in bench/results/, a summary.
+
+    .venv/bin/python bench/run.py [--devices 10000] [--workflows 300] [--only NAME ...]
+        [--with-simulator]
+
+Benchmarks: engine_overhead, relay, step_latency, fleet, settings (see bench/README.md).
+``--with-simulator`` also runs the simulator's own benchmark (bench/sim_bench.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+NAMES = ("engine_overhead", "relay", "step_latency", "fleet", "settings")
+
+
+def _jobs(args: argparse.Namespace) -> dict[str, Callable[[], Awaitable[dict[str, Any]]]]:
+    from bench import engine_overhead, fleet, relay, settings, step_latency
+
+    return {
+        "engine_overhead": lambda: engine_overhead.run(args.workflows),
+        "relay": lambda: relay.run(rate=200, seconds=10, burst=1000),
+        "step_latency": lambda: step_latency.run(100),
+        "fleet": lambda: fleet.run(args.devices),
+        "settings": lambda: settings.run(150),
+    }
+
+
+def _summary(results: dict[str, dict[str, Any]]) -> list[tuple[str, str]]:
+    rows: list[tuple[str, str]] = []
+    if e := results.get("engine_overhead"):
+        rows += [
+            ("floor (bare Temporal), workflows/s", f"{e['floor']['workflows_per_s']}"),
+            ("mdmflow devinfolog, workflows/s", f"{e['mdmflow']['workflows_per_s']}"),
+            ("engine overhead ratio (aim >= 0.8)", f"{e['ratio']}"),
+            ("ratio, worker + API as processes", f"{e['processes']['ratio']}"),
+        ]
+    if r := results.get("relay"):
+        c, b, s = r["command_reports"], r["checkin_burst"], r["raw_client_signal"]
+        rows += [
+            (
+                f"relay reports @ {c['offered_per_s']}/s offered: achieved/s",
+                f"{c['achieved_per_s']}",
+            ),
+            ("relay reports p50 / p99 ms", f"{c['p50_ms']} / {c['p99_ms']}"),
+            ("raw client.signal p50 / p99 ms", f"{s['p50_ms']} / {s['p99_ms']}"),
+            (f"check-in burst of {b['webhooks']}: answered/s", f"{b['answered_per_s']}"),
+            ("check-in burst p50 / p99 ms", f"{b['p50_ms']} / {b['p99_ms']}"),
+            ("check-in burst status codes", f"{b['status_codes']}"),
+        ]
+    if s := results.get("step_latency"):
+        sig, close = s["enqueue_to_result_signal"], s["enqueue_to_run_closed"]
+        rows += [
+            ("step: enqueue -> result signal p50 / p99 ms", f"{sig['p50_ms']} / {sig['p99_ms']}"),
+            ("step: enqueue -> run closed p50 / p99 ms", f"{close['p50_ms']} / {close['p99_ms']}"),
+        ]
+    if f := results.get("fleet"):
+        rows += [
+            (f"fleet of {f['devices']}: seconds", f"{f['seconds']}"),
+            ("fleet devices/s", f"{f['devices_per_s']}"),
+            ("fleet peak RSS MiB worker / relay", f"{f['peak_rss_mib']['worker']} / "
+             f"{f['peak_rss_mib']['relay']}"),
+            ("fleet largest history (events)", f"{f['largest_history_events']}"),
+        ]
+    if st := results.get("settings"):
+        for name, c in st["configs"].items():
+            rows.append(
+                (f"settings: {name}", f"floor {c['floor_wf_per_s']}, mdmflow "
+                 f"{c['mdmflow_wf_per_s']}, ratio {c['ratio']}")
+            )
+    return rows
+
+
+async def main_async(args: argparse.Namespace) -> int:
+    from bench.report import machine, write
+
+    write("machine", machine())
+    results: dict[str, dict[str, Any]] = {}
+    failed: list[str] = []
+    for name, job in _jobs(args).items():
+        if args.only and name not in args.only:
+            continue
+        print(f"== {name} ...", flush=True)
+        t = time.monotonic()
+        try:
+            results[name] = await job()
+        except Exception as exc:  # one failing benchmark must not hide the others
+            failed.append(name)
+            print(f"   FAILED: {exc!r}", flush=True)
+            continue
+        results[name]["wall_seconds"] = round(time.monotonic() - t, 1)
+        path = write(name, results[name])
+        print(f"   done in {results[name]['wall_seconds']}s -> {path.relative_to(ROOT)}")
+    rows = _summary(results)
+    width = max((len(k) for k, _ in rows), default=10)
+    print("\n" + "figure".ljust(width) + " | value")
+    print("-" * width + "-+-" + "-" * 40)
+    for key, value in rows:
+        print(key.ljust(width) + " | " + value)
+    if failed:
+        print(f"\nfailed: {', '.join(failed)}")
+    return 1 if failed else 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--devices", type=int, default=10_000, help="fleet size (10,000)")
+    parser.add_argument("--workflows", type=int, default=300, help="runs per side, bench 1")
+    parser.add_argument("--only", nargs="*", choices=NAMES, help="run only these")
+    parser.add_argument("--with-simulator", action="store_true", help="also bench/sim_bench.py")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    code = asyncio.run(main_async(args))
+    if args.with_simulator:
+        code |= subprocess.call([sys.executable, str(ROOT / "bench" / "sim_bench.py")])
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

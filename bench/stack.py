@@ -1,0 +1,356 @@
+"""The whole stack for benchmarks and chaos runs, on loopback ports in a temp dir.
+
+A fresh embedded Temporal dev server (own SQLite file, free port, headless), the
+simulator in this process, and API + relay and worker either in this process or as
+``python -m mdmflow serve`` / ``python -m mdmflow worker`` subprocesses configured by
+environment, so they can be measured (RSS) and killed (``kill -9``) like the real thing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+from sqlalchemy.ext.asyncio import AsyncEngine
+from temporalio.api.enums.v1 import TaskQueueType
+from temporalio.api.taskqueue.v1 import TaskQueue
+from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
+from temporalio.client import Client, WorkflowExecution, WorkflowExecutionStatus
+from temporalio.common import (
+    SearchAttributePair,
+    TypedSearchAttributes,
+    WorkflowIDConflictPolicy,
+)
+from temporalio.worker import Worker
+
+import worker as worker_module
+from activities.mdm_server import NanoMdmClient
+from bench.servers import Outage, RestartableServer
+from escrow.sealing import load_master_key
+from mdmflow.temporal_client import connect
+from mdmflow.temporal_server import SQLITE_PRAGMAS, DevServer, free_port
+from protocol import routing
+from simulator.app import create_app as create_sim_app
+from simulator.fleet import Fleet, FleetConfig
+from starter.api import create_app
+from starter.deps import Services
+from store.db import open_engine
+from workflows import search_attributes as sa
+from workflows.models import WorkflowInput
+from workflows.registry import BY_NAME
+
+API_KEY = "bench-api-key"
+HMAC_KEY = "bench-hmac-key"
+SIM_KEY = "bench-sim-key"
+DEVINFOLOG = "io.micromdm.wf.devinfolog.v1"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class TunedDevServer(DevServer):
+    """The product's dev server with other SQLite pragmas (for the settings benchmark)."""
+
+    pragmas: tuple[str, ...] = SQLITE_PRAGMAS
+
+    def command(self) -> list[str]:
+        cmd = super().command()
+        out: list[str] = []
+        skip = False
+        for arg in cmd:
+            if skip:
+                skip = False
+                continue
+            if arg == "--sqlite-pragma":
+                skip = True
+                continue
+            out.append(arg)
+        for pragma in self.pragmas:
+            out += ["--sqlite-pragma", pragma]
+        return out
+
+
+@dataclass
+class StackOptions:
+    processes: bool = False  # worker and API as subprocesses
+    connect_latency: float = 0.0
+    seed: int = 1
+    pragmas: tuple[str, ...] = SQLITE_PRAGMAS
+    # In-process worker only: extra temporalio Worker arguments (slots, sticky cache).
+    worker_tuning: dict[str, Any] = field(default_factory=dict)
+    webhook_concurrency: int = 16
+
+
+class Stack:
+    def __init__(self, options: StackOptions | None = None) -> None:
+        self.options = options or StackOptions()
+        self.dir = Path(tempfile.mkdtemp(prefix="mdmflow-bench-"))
+        self.queue = f"bench-{uuid.uuid4().hex[:8]}"
+        self.db_url = f"sqlite:///{self.dir / 'mdmflow.db'}"
+        self.temporal = TunedDevServer(
+            db_file=self.dir / "temporal.db",
+            port=free_port(),
+            ui_port=None,
+            log_file=self.dir / "temporal.log",
+            pragmas=self.options.pragmas,
+        )
+        self.api_port = free_port()
+        self.api_url = f"http://127.0.0.1:{self.api_port}"
+        self.fleet = Fleet(
+            FleetConfig(
+                webhook_url=f"{self.api_url}/webhook",
+                webhook_hmac_key=HMAC_KEY,
+                api_key=SIM_KEY,
+                connect_latency=self.options.connect_latency,
+                seed=self.options.seed,
+                webhook_concurrency=self.options.webhook_concurrency,
+            )
+        )
+        self.mdm_outage = Outage(create_sim_app(self.fleet))
+        self.sim = RestartableServer(self.mdm_outage, free_port())
+        self._client: Client | None = None
+        self._engine: AsyncEngine | None = None
+        self._api_server: RestartableServer | None = None
+        self._worker: Worker | None = None
+        self._worker_task: asyncio.Task[None] | None = None
+        self._mdm: NanoMdmClient | None = None
+        self.worker_proc: subprocess.Popen[bytes] | None = None
+        self.api_proc: subprocess.Popen[bytes] | None = None
+        self.http = httpx.AsyncClient(
+            base_url=self.api_url, auth=("nanocmd", API_KEY), timeout=httpx.Timeout(600.0)
+        )
+
+    # ---- lifecycle ---------------------------------------------------------------------
+
+    @property
+    def client(self) -> Client:
+        assert self._client is not None, "stack not started"
+        return self._client
+
+    async def __aenter__(self) -> Stack:
+        self.temporal.start()
+        await self.temporal.wait_ready_async()
+        self._client = await connect(self.temporal.address, self.temporal.namespace)
+        self._engine = await open_engine(self.db_url)
+        await self.fleet.start()
+        await self.sim.start()
+        await self.start_api()
+        await self.start_worker()
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        await self.stop_worker()
+        await self.stop_api()
+        await self.sim.stop()
+        await self.fleet.stop()
+        await self.http.aclose()
+        if self._engine is not None:
+            await self._engine.dispose()
+        self.temporal.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def _env(self) -> dict[str, str]:
+        return {
+            **os.environ,
+            "TEMPORAL_ADDRESS": self.temporal.address,
+            "MDMFLOW_TASK_QUEUE": self.queue,
+            "MDMFLOW_MDM_URL": self.sim.url,
+            "MDMFLOW_MDM_API_KEY": SIM_KEY,
+            "MDMFLOW_WEBHOOK_HMAC_KEY": HMAC_KEY,
+            "MDMFLOW_DB_URL": self.db_url,
+            "MDMFLOW_API_KEY": API_KEY,
+            "MDMFLOW_LISTEN": f"127.0.0.1:{self.api_port}",
+            "MDMFLOW_VAR_DIR": str(self.dir / "var"),
+        }
+
+    def _spawn(self, what: str) -> subprocess.Popen[bytes]:
+        log = open(self.dir / f"{what}.log", "ab")  # the child owns it
+        return subprocess.Popen(
+            [sys.executable, "-m", "mdmflow", what],
+            env=self._env(),
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+
+    async def start_api(self) -> None:
+        if self.options.processes:
+            self.api_proc = self._spawn("serve")
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    if (await self.http.get("/version")).status_code == 200:
+                        return
+                except httpx.TransportError:
+                    pass
+                if self.api_proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"API did not start: see {self.dir / 'serve.log'}")
+                await asyncio.sleep(0.1)
+        if self._api_server is None:
+            assert self._engine is not None
+            services = Services.create(
+                self.client, self._engine, self.queue, load_master_key(self.dir)
+            )
+            app = create_app(services, API_KEY, HMAC_KEY)
+            self._api_server = RestartableServer(app, self.api_port)
+        await self._api_server.start()
+
+    async def stop_api(self, kill: bool = False) -> None:
+        """Take the relay away; ``kill`` sends SIGKILL to the subprocess."""
+        if self.api_proc is not None:
+            _end(self.api_proc, kill)
+            self.api_proc = None
+        elif self._api_server is not None:
+            await self._api_server.stop()
+
+    async def start_worker(self) -> None:
+        if self.options.processes:
+            self.worker_proc = self._spawn("worker")
+            await self.wait_poller(self.worker_proc.pid)
+            return
+        assert self._engine is not None
+        self._mdm = NanoMdmClient(self.sim.url, SIM_KEY)
+        services = Services.create(self.client, self._engine, self.queue, load_master_key(self.dir))
+        self._worker = worker_module.build_worker(services, self._mdm, **self.options.worker_tuning)
+        self._worker_task = asyncio.create_task(self._worker.run())
+
+    async def stop_worker(self, kill: bool = False) -> None:
+        if self.worker_proc is not None:
+            _end(self.worker_proc, kill)
+            self.worker_proc = None
+        if self._worker is not None and self._worker_task is not None:
+            await self._worker.shutdown()
+            await self._worker_task
+            self._worker = None
+            self._worker_task = None
+        if self._mdm is not None:
+            await self._mdm.aclose()
+            self._mdm = None
+
+    async def kill_temporal(self) -> None:
+        self.temporal.stop(kill=True)
+
+    async def restart_temporal(self) -> None:
+        """Same SQLite file, same port: clients must find it again by themselves."""
+        self.temporal.start()
+        await self.temporal.wait_ready_async()
+
+    async def wait_poller(self, pid: int, timeout: float = 60) -> None:
+        """Until the worker process ``pid`` polls the workflow task queue."""
+        request = DescribeTaskQueueRequest(
+            namespace=self.temporal.namespace,
+            task_queue=TaskQueue(name=self.queue),
+            task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            resp = await self.client.workflow_service.describe_task_queue(request)
+            if any(p.identity.startswith(f"{pid}@") for p in resp.pollers):
+                return
+            await asyncio.sleep(0.1)
+        raise TimeoutError(f"worker {pid} is not polling: see {self.dir / 'worker.log'}")
+
+    # ---- devices and runs ----------------------------------------------------------------
+
+    async def enroll(self, count: int) -> list[str]:
+        """Enroll devices without their check-in webhooks (benchmarks measure those apart)."""
+        self.fleet.set_faults(drop_rate=1.0)
+        try:
+            return await self.fleet.enroll(count)
+        finally:
+            self.fleet.set_faults(drop_rate=0.0)
+
+    async def start_runs(self, ids: Sequence[str], workflow: str = DEVINFOLOG) -> str:
+        """One multi-ID start through the API (JSON body); returns the instance ID."""
+        resp = await self.http.post(f"/v1/workflow/{workflow}/start", json={"ids": list(ids)})
+        resp.raise_for_status()
+        body: dict[str, Any] = resp.json()
+        if body["refused"]:
+            raise RuntimeError(f"start refused: {body['refused']}")
+        return str(body["instance_id"])
+
+    async def start_direct(
+        self, ids: Sequence[str], workflow: str = DEVINFOLOG, **inputs: Any
+    ) -> str:
+        """Start through the client with extra ``WorkflowInput`` fields (re-push schedule)."""
+        instance = str(uuid.uuid4())
+        wf = BY_NAME[workflow]
+        gate = asyncio.Semaphore(32)
+
+        async def one(eid: str) -> None:
+            attrs = TypedSearchAttributes(
+                [
+                    SearchAttributePair(sa.ENROLLMENT_ID, eid),
+                    SearchAttributePair(sa.WORKFLOW_NAME, workflow),
+                    SearchAttributePair(sa.INSTANCE_ID, instance),
+                    SearchAttributePair(sa.CURRENT_STEP, "starting"),
+                ]
+            )
+            async with gate:
+                await self.client.start_workflow(
+                    workflow,
+                    WorkflowInput(enrollment_id=eid, instance_id=instance, **inputs),
+                    id=routing.workflow_id(workflow, eid, None if wf.EXCLUSIVE else instance),
+                    task_queue=self.queue,
+                    id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
+                    search_attributes=attrs,
+                )
+
+        await asyncio.gather(*(one(e) for e in ids))
+        return instance
+
+    async def count(self, query: str) -> int:
+        return (await self.client.count_workflows(query)).count
+
+    async def wait_count(self, query: str, total: int, timeout: float = 600) -> None:
+        """Poll visibility (every 0.2 s) until ``query`` matches ``total`` runs."""
+        deadline = time.monotonic() + timeout
+        while (found := await self.count(query)) < total:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{found}/{total} runs match {query!r} after {timeout}s")
+            await asyncio.sleep(0.2)
+
+    async def wait_closed(self, instance: str, total: int, timeout: float = 600) -> None:
+        """Until ``total`` runs of the instance are closed."""
+        query = f"{sa.INSTANCE_ID.name}='{instance}' AND ExecutionStatus!='Running'"
+        await self.wait_count(query, total, timeout)
+
+    async def runs(self, instance: str) -> list[WorkflowExecution]:
+        query = f"{sa.INSTANCE_ID.name}='{instance}'"
+        return [wf async for wf in self.client.list_workflows(query)]
+
+    async def results(self, ids: Sequence[str], workflow: str = DEVINFOLOG) -> dict[str, Any]:
+        """Each run's result document (status, message), by enrollment ID."""
+
+        async def one(eid: str) -> Any:
+            handle = self.client.get_workflow_handle(routing.workflow_id(workflow, eid))
+            return await handle.result()
+
+        values = await asyncio.gather(*(one(e) for e in ids))
+        return {eid: dict(v) for eid, v in zip(ids, values, strict=True)}
+
+
+def completed(runs: Sequence[WorkflowExecution]) -> int:
+    return sum(1 for r in runs if r.status == WorkflowExecutionStatus.COMPLETED)
+
+
+def _end(proc: subprocess.Popen[bytes], kill: bool) -> None:
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

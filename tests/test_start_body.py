@@ -1,0 +1,39 @@
+"""``POST /v1/workflow/{name}/start`` takes IDs in a JSON body as well as in the query.
+
+A fleet-sized ID list does not fit in a URL; NanoCMD's ``?id=`` form keeps working and
+both can be combined.
+"""
+
+from __future__ import annotations
+
+from tests.e2e_stack import E2E
+
+DEVINFOLOG = "io.micromdm.wf.devinfolog.v1"
+
+
+async def test_ids_in_body_query_or_both_all_start_once(e2e: E2E) -> None:
+    a, b, c = await e2e.enroll(3)
+    resp = await e2e.api.post(
+        f"/v1/workflow/{DEVINFOLOG}/start",
+        params={"id": a},
+        json={"ids": [b, c, a], "context": "from-body"},
+    )
+    assert resp.status_code == 200, resp.text
+    assert sorted(resp.json()["started"]) == sorted([a, b, c])
+    for eid in (a, b, c):
+        assert (await e2e.result(DEVINFOLOG, eid))["status"] == "completed"
+    handle = e2e.client.get_workflow_handle(f"{DEVINFOLOG}/{b}")
+    started = (await handle.fetch_history()).events[0].workflow_execution_started_event_attributes
+    assert b"from-body" in started.input.payloads[0].data
+
+
+async def test_body_without_ids_is_refused_and_query_form_unchanged(e2e: E2E) -> None:
+    empty = await e2e.api.post(f"/v1/workflow/{DEVINFOLOG}/start", json={"ids": []})
+    assert empty.status_code == 400
+    assert "no enrollment IDs" in empty.json()["error"]
+    bad = await e2e.api.post(f"/v1/workflow/{DEVINFOLOG}/start", json={"ids": "not-a-list"})
+    assert bad.status_code == 400
+    (eid,) = await e2e.enroll(1)
+    resp = await e2e.api.post(f"/v1/workflow/{DEVINFOLOG}/start", params={"id": eid})
+    assert resp.json()["started"] == [eid]
+    assert (await e2e.result(DEVINFOLOG, eid))["status"] == "completed"
