@@ -16,6 +16,7 @@ from fastapi import Body, FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, Field
+from temporalio.client import WorkflowQueryFailedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from mdmflow import __version__, metrics
@@ -169,15 +170,20 @@ def create_app(
         return await runs.list_runs(svc().client, query)
 
     @app.get("/v1/runs/state", tags=["runs"], dependencies=auth, responses=err)
-    async def run_state(workflow_id: str) -> dict[str, Any]:
+    async def run_state(
+        workflow_id: Annotated[str, Query(min_length=1, description="e.g. <workflow>/<id>")],
+    ) -> dict[str, Any]:
         """Live state of one run: current step, pending commands, NotNow counts."""
         handle = svc().client.get_workflow_handle(workflow_id)
         try:
             state = await handle.query("state")
         except RPCError as exc:
-            if exc.status == RPCStatusCode.NOT_FOUND:
+            if exc.status in (RPCStatusCode.NOT_FOUND, RPCStatusCode.INVALID_ARGUMENT):
                 raise HTTPException(status_code=404, detail=f"no run {workflow_id!r}") from exc
             raise
+        except WorkflowQueryFailedError as exc:
+            # not one of our MDM workflows (no state query), or it failed to answer
+            raise HTTPException(status_code=400, detail=f"{workflow_id!r}: {exc}") from exc
         return state if isinstance(state, dict) else dict(state)
 
     return app

@@ -187,3 +187,10 @@ async def test_openapi_serves_nanocmd_paths(stack: Stack) -> None:
     for path in ("/version", "/webhook", "/v1/workflow/{name}/start", "/v1/inventory"):
         assert path in theirs and path in ours
     assert (await stack.http.get("/docs")).status_code == 200
+
+
+async def test_run_state_errors_are_clear(stack: Stack) -> None:
+    empty = await stack.http.get("/v1/runs/state", params={"workflow_id": ""})
+    assert empty.status_code == 400
+    missing = await stack.http.get("/v1/runs/state", params={"workflow_id": "nope/none"})
+    assert missing.status_code == 404 and "no run" in missing.json()["error"]
