@@ -30,8 +30,10 @@ from workflows.catalog import ALL_WORKFLOWS
 
 log = logging.getLogger("mdmflow.worker")
 
-# Modules shared with the workflow sandbox as-is: pure data models, no I/O at import.
-PASSTHROUGH = ("protocol", "workflows.models", "activities.models", "pydantic", "pydantic_core")
+# Modules shared with the workflow sandbox as-is instead of re-imported for every run:
+# pure data models and the workflow code itself, which keeps no module-level mutable
+# state (measured: about 15 % more runs/s on the embedded server; bench/README.md).
+PASSTHROUGH = ("protocol", "workflows", "activities.models", "pydantic", "pydantic_core")
 
 
 def build_worker(services: Services, mdm: MdmServerClient, **worker_options: Any) -> Worker:

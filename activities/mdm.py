@@ -40,16 +40,20 @@ class MdmActivities:
 
     @activity.defn(name="mdm.send_step")
     async def send_step(self, inp: SendStepInput) -> SendStepResult:
-        """Enqueue every command without push, then push once for the whole step.
+        """Enqueue every command, pushing once for the whole step.
 
-        Idempotent: on a retry, commands already queued come back as duplicates.
+        All but the last command go with ``nopush``; the last one carries the push, so a
+        step costs one request per command. Idempotent: on a retry, commands already
+        queued come back as duplicates, and then the push is sent on its own.
         """
         result = SendStepResult()
         try:
-            for qc in inp.commands:
+            pushed = False
+            for i, qc in enumerate(inp.commands):
                 body = await self._render(inp.enrollment_id, qc)
+                with_push = inp.push and i == len(inp.commands) - 1
                 outcome = await self._client.enqueue(
-                    [inp.enrollment_id], qc.command_uuid, body, push=False
+                    [inp.enrollment_id], qc.command_uuid, body, push=with_push
                 )
                 activity.heartbeat(qc.command_uuid)
                 if outcome.already_queued:
@@ -57,7 +61,9 @@ class MdmActivities:
                     log.info("already queued %s for %s", qc.command_uuid, inp.enrollment_id)
                 else:
                     result.queued.append(qc.command_uuid)
-            if inp.push:
+                    pushed = with_push
+                    result.push_error = outcome.push_error if with_push else None
+            if inp.push and not pushed:
                 result.push_error = await self._client.push([inp.enrollment_id])
         except PermanentMdmError as exc:
             raise ApplicationError(str(exc), type="MdmPermanentError", non_retryable=True) from exc
