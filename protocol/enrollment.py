@@ -32,10 +32,6 @@ class EnrollmentRef(BaseModel):
     id: str
     type: str
 
-    @property
-    def device_channel_id(self) -> str:
-        return self.id.split(":", 1)[0]
-
 
 def _s(payload: dict[str, Any], key: str) -> str:
     value = payload.get(key)

@@ -147,7 +147,8 @@ class EventDispatcher:
         # simultaneous runs come from the visibility store.
         targets = {(routing.workflow_id(w.NAME, eid), eid) for w in WORKFLOWS if w.EXCLUSIVE}
         targets.update(await running_for_enrollment(self._client, eid))
-        for workflow_id, run_enrollment in sorted(targets):
+
+        async def tell(workflow_id: str, run_enrollment: str) -> None:
             try:
                 handle = self._client.get_workflow_handle(workflow_id)
                 await handle.signal(
@@ -158,3 +159,6 @@ class EventDispatcher:
             except RPCError as exc:
                 if exc.status != RPCStatusCode.NOT_FOUND:
                     raise
+
+        # one round trip for all candidates, not one per registered workflow
+        await asyncio.gather(*(tell(w, e) for w, e in sorted(targets)))

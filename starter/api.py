@@ -29,7 +29,7 @@ from starter.api_escrow import router as escrow_router
 from starter.api_events import router as events_router
 from starter.api_profiles import router as profiles_router
 from starter.api_schedules import router as schedules_router
-from starter.deps import AUTH, ERRORS, Services
+from starter.deps import AUTH, ERRORS, Services, describe_errors
 from starter.starting import StartError, start_workflow
 from workflows.registry import BY_NAME
 
@@ -85,8 +85,7 @@ def create_app(
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_r: Request, exc: RequestValidationError) -> JSONResponse:
-        parts = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
-        return JSONResponse({"error": "; ".join(parts)}, status_code=400)
+        return JSONResponse({"error": describe_errors(exc.errors())}, status_code=400)
 
     @app.exception_handler(RPCError)
     async def temporal_error(_r: Request, exc: RPCError) -> JSONResponse:

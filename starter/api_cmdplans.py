@@ -10,7 +10,7 @@ from fastapi import APIRouter, HTTPException, Request, Response
 from pydantic import ValidationError
 
 from starter.body import read_body
-from starter.deps import AUTH, ERRORS, ErrorBody, ServicesDep
+from starter.deps import AUTH, ERRORS, ErrorBody, ServicesDep, describe_errors
 from store.cmdplans import CmdPlan
 
 router = APIRouter(tags=["cmdplans"], dependencies=AUTH, responses=ERRORS)
@@ -30,14 +30,6 @@ def _missing(name: str) -> HTTPException:
     return HTTPException(404, f"no command plan {name!r}")
 
 
-def _problems(exc: ValidationError) -> str:
-    parts = []
-    for err in exc.errors(include_url=False):
-        where = ".".join(str(p) for p in err["loc"])
-        parts.append(f"{where}: {err['msg']}" if where else str(err["msg"]))
-    return "; ".join(parts)
-
-
 @router.put(
     "/v1/cmdplan/{name}",
     status_code=204,
@@ -52,7 +44,9 @@ async def put_cmdplan(name: str, request: Request, svc: ServicesDep) -> Response
     try:
         plan = CmdPlan.model_validate_json(raw)
     except ValidationError as exc:
-        raise HTTPException(400, f"not a valid command plan: {_problems(exc)}") from exc
+        raise HTTPException(
+            400, f"not a valid command plan: {describe_errors(exc.errors(include_url=False))}"
+        ) from exc
     await svc.cmdplans.put(name, plan)
     return Response(status_code=204)
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from typing import Any
 
 import httpx
@@ -60,7 +59,6 @@ def add_api_options(p: argparse.ArgumentParser) -> None:
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    common = add_api_options
     p = sub.add_parser(
         "start",
         help="start a workflow for enrollments",
@@ -69,7 +67,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("workflow", help="e.g. io.micromdm.wf.inventory.v1")
     p.add_argument("ids", nargs="+", help="enrollment IDs")
     p.add_argument("--context", help="workflow-dependent context")
-    common(p)
+    add_api_options(p)
     p.set_defaults(func=cmd_start)
 
     p = sub.add_parser(
@@ -80,7 +78,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--instance", help="instance ID returned by start")
     p.add_argument("--id", help="enrollment ID")
     p.add_argument("--workflow", help="workflow name")
-    common(p)
+    add_api_options(p)
     p.set_defaults(func=cmd_runs)
 
     p = sub.add_parser(
@@ -89,10 +87,5 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         description="Show stored inventory values.",
     )
     p.add_argument("ids", nargs="+")
-    common(p)
+    add_api_options(p)
     p.set_defaults(func=cmd_inventory)
-
-
-def fail(message: str) -> int:
-    print(message, file=sys.stderr)
-    return 2

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import secrets
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPBasic, HTTPBasicCredentials
@@ -46,6 +47,15 @@ class Services:
             cmdplans=CmdPlanStore(engine),
             escrow=EscrowStore(engine, Sealer(master_key)),
         )
+
+
+def describe_errors(errors: Sequence[Mapping[str, Any]]) -> str:
+    """pydantic / FastAPI validation errors as one line a person can act on."""
+    parts = []
+    for err in errors:
+        where = ".".join(str(p) for p in err.get("loc", ()))
+        parts.append(f"{where}: {err['msg']}" if where else str(err["msg"]))
+    return "; ".join(parts)
 
 
 class ErrorBody(BaseModel):

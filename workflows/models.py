@@ -80,12 +80,6 @@ class StepOutcome(BaseModel):
             r is not None and r.status == "Acknowledged" for r in self.results
         )
 
-    def answer(self, request_type: str) -> CommandReport | None:
-        for r in self.results:
-            if r is not None and r.request_type == request_type:
-                return r
-        return None
-
     @property
     def errors(self) -> list[CommandReport]:
         return [r for r in self.results if r is not None and r.status != "Acknowledged"]
