@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -77,9 +78,33 @@ def _cmdplan(args: argparse.Namespace) -> Call:
     return {"get": "GET", "delete": "DELETE"}[args.action], path, {}
 
 
+def _missing_argument(args: argparse.Namespace) -> str | None:
+    """What a sub-command still needs, checked before anything is sent."""
+    needs_name = args.action not in ("list", "prk", "pin", "summary", "access")
+    if needs_name and not getattr(args, "name", None):
+        return f"{args.action} needs a name"
+    if args.action == "put":
+        if hasattr(args, "file") and not args.file:
+            return "put needs a file"
+        if hasattr(args, "every") and (args.every is None) == (args.cron is None):
+            return "put needs exactly one of --every and --cron"
+        for option in ("event", "workflow"):
+            if hasattr(args, option) and not getattr(args, option):
+                return f"put needs --{option}"
+    return None
+
+
 def _run(build: Any) -> Any:
     def run(args: argparse.Namespace) -> int:
-        method, path, kwargs = build(args)
+        problem = _missing_argument(args)
+        if problem:
+            print(f"mdmflow: {problem}", file=sys.stderr)
+            return 2
+        try:
+            method, path, kwargs = build(args)
+        except (OSError, ValueError) as exc:  # unreadable file, bad JSON
+            print(f"mdmflow: {exc}", file=sys.stderr)
+            return 2
         with api_client(args) as client:
             try:
                 return print_response(client.request(method, path, **kwargs))

@@ -91,3 +91,20 @@ async def test_events_profiles_and_escrow_through_the_cli(
     assert code == 0 and summary == {}
     code, missing = await cli(e2e, capsys, "escrow", "pin", eid, "--reason", "audit")
     assert code == 1 and "no pin escrowed" in missing["error"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["profile", "put", "p"], "put needs a file"),
+        (["profile", "put", "p", "/nonexistent/p.mobileconfig"], "No such file"),
+        (["cmdplan", "get"], "get needs a name"),
+        (["schedule", "put", "s", "--workflow", "w"], "exactly one of --every and --cron"),
+        (["event", "put", "e", "--workflow", "w"], "put needs --event"),
+    ],
+)
+def test_incomplete_commands_say_what_is_missing(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main([*argv, "--api-url", "http://127.0.0.1:1"]) == 2
+    assert message in capsys.readouterr().err
