@@ -14,6 +14,8 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from mdmflow.secret_file import read_or_create
+
 NONCE = 12
 
 
@@ -28,15 +30,10 @@ def load_master_key(var_dir: Path) -> bytes:
         if len(key) != 32:
             raise SealError("MDMFLOW_SECRETS_KEY must be 32 bytes, base64-encoded")
         return key
-    path = var_dir / "secrets.key"
-    if path.exists():
-        return base64.b64decode(path.read_text().strip())
-    var_dir.mkdir(parents=True, exist_ok=True)
-    key = secrets.token_bytes(32)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(base64.b64encode(key).decode() + "\n")
-    return key
+    made = read_or_create(
+        var_dir / "secrets.key", lambda: base64.b64encode(secrets.token_bytes(32)).decode()
+    )
+    return base64.b64decode(made)
 
 
 class Sealer:

@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import pkcs7
 from cryptography.x509.oid import NameOID
 from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from escrow.sealing import Sealer
@@ -80,25 +81,21 @@ class EscrowStore:
         self._key: EscrowKey | None = None
 
     async def key(self) -> EscrowKey:
-        """The escrow keypair, created on first use and the same ever after."""
+        """The escrow keypair, created on first use and the same ever after.
+
+        Two processes creating it at once both insert row 1; the loser's insert fails
+        and it reads the winner's, so every process encrypts to one certificate.
+        """
         if self._key is not None:
             return self._key
-        async with self._sessions() as session, session.begin():
-            row = await session.get(EscrowKeyRow, 1)
-            if row is None:
-                private, cert = _new_keypair()
-                der = private.private_bytes(
-                    serialization.Encoding.DER,
-                    serialization.PrivateFormat.PKCS8,
-                    serialization.NoEncryption(),
-                )
-                row = EscrowKeyRow(
-                    id=1,
-                    certificate_pem=cert.public_bytes(serialization.Encoding.PEM).decode(),
-                    private_key_sealed=self._sealer.seal(der, "escrow-key"),
-                    created=datetime.now(UTC),
-                )
-                session.add(row)
+        row = await self._load_key_row()
+        if row is None:
+            try:
+                row = await self._create_key_row()
+            except IntegrityError:
+                row = await self._load_key_row()
+                if row is None:
+                    raise
         cert = x509.load_pem_x509_certificate(row.certificate_pem.encode())
         private_key = serialization.load_der_private_key(
             self._sealer.open(row.private_key_sealed, "escrow-key"), password=None
@@ -107,6 +104,27 @@ class EscrowStore:
             raise EscrowError("escrow key is not RSA")
         self._key = EscrowKey(cert, private_key)
         return self._key
+
+    async def _load_key_row(self) -> EscrowKeyRow | None:
+        async with self._sessions() as session:
+            return await session.get(EscrowKeyRow, 1)
+
+    async def _create_key_row(self) -> EscrowKeyRow:
+        private, cert = _new_keypair()
+        der = private.private_bytes(
+            serialization.Encoding.DER,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        row = EscrowKeyRow(
+            id=1,
+            certificate_pem=cert.public_bytes(serialization.Encoding.PEM).decode(),
+            private_key_sealed=self._sealer.seal(der, "escrow-key"),
+            created=datetime.now(UTC),
+        )
+        async with self._sessions() as session, session.begin():
+            session.add(row)
+        return row
 
     async def decrypt_cms(self, cms_der: bytes) -> bytes:
         """Open a CMS EnvelopedData a device encrypted to our escrow certificate."""

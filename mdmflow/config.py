@@ -7,6 +7,8 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
+from mdmflow.secret_file import read_or_create
+
 
 def _env(name: str, default: str | None = None) -> str | None:
     value = os.environ.get(name)
@@ -38,14 +40,7 @@ def api_key_from(var_dir: Path) -> str:
     explicit = _env("MDMFLOW_API_KEY")
     if explicit:
         return explicit
-    path = var_dir / "api_key"
-    if path.exists():
-        return path.read_text().strip()
-    var_dir.mkdir(parents=True, exist_ok=True)
-    key = secrets.token_urlsafe(24)
-    path.write_text(key + "\n")
-    path.chmod(0o600)
-    return key
+    return read_or_create(var_dir / "api_key", lambda: secrets.token_urlsafe(24))
 
 
 def load() -> Settings:
@@ -53,7 +48,8 @@ def load() -> Settings:
     listen = _env("MDMFLOW_LISTEN", "127.0.0.1:9003") or "127.0.0.1:9003"
     host, _, port = listen.rpartition(":")
     return Settings(
-        temporal_address=_env("TEMPORAL_ADDRESS", "127.0.0.1:7233") or "",
+        temporal_address=_env("TEMPORAL_ADDRESS")
+        or f"127.0.0.1:{_env('MDMFLOW_TEMPORAL_PORT', '7233')}",
         temporal_namespace=_env("TEMPORAL_NAMESPACE", "default") or "default",
         task_queue=_env("MDMFLOW_TASK_QUEUE", "mdmflow") or "mdmflow",
         var_dir=var_dir,

@@ -14,23 +14,18 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import httpx
 
 from mdmflow import config
+from mdmflow.secret_file import read_or_create
 from mdmflow.temporal_server import DevServer, port_open
 
 log = logging.getLogger("mdmflow.stack")
 
 
-def _persisted_secret(path: Path) -> str:
-    if path.exists():
-        return path.read_text().strip()
-    value = secrets.token_urlsafe(24)
-    path.write_text(value + "\n")
-    path.chmod(0o600)
-    return value
+def _token() -> str:
+    return secrets.token_urlsafe(24)
 
 
 def _wait_http(url: str, timeout: float, proc: subprocess.Popen[bytes]) -> None:
@@ -87,8 +82,8 @@ class Stack:
         sim_args: list[str] | None = None
         if not s.mdm_url:
             sim_port = os.environ.get("MDMFLOW_SIM_PORT", "9000")
-            sim_key = _persisted_secret(s.var_dir / "simulator_api_key")
-            hmac_key = s.webhook_hmac_key or _persisted_secret(s.var_dir / "webhook_hmac_key")
+            sim_key = read_or_create(s.var_dir / "simulator_api_key", _token)
+            hmac_key = s.webhook_hmac_key or read_or_create(s.var_dir / "webhook_hmac_key", _token)
             self.env.update(
                 MDMFLOW_MDM_URL=f"http://127.0.0.1:{sim_port}",
                 MDMFLOW_MDM_KIND="nanomdm",

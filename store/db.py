@@ -6,6 +6,8 @@ upgrades); ``schema_version`` records the layout for migrations that change tabl
 
 from __future__ import annotations
 
+import asyncio
+import random
 from datetime import UTC, datetime
 
 from sqlalchemy import (
@@ -20,6 +22,7 @@ from sqlalchemy import (
     event,
 )
 from sqlalchemy.engine.interfaces import DBAPIConnection
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.pool import ConnectionPoolEntry
@@ -174,14 +177,35 @@ def _sqlite_pragmas(dbapi_conn: DBAPIConnection, _record: ConnectionPoolEntry) -
 
 
 async def open_engine(url: str) -> AsyncEngine:
-    """Create the engine and make sure the schema exists."""
+    """Create the engine and make sure the schema exists.
+
+    The API and the worker usually start together on one fresh database; whichever
+    loses the race to create a table sees "already exists" (or a duplicate key in
+    PostgreSQL's catalogue) and simply tries again, finding the tables there.
+    """
     engine = create_async_engine(normalise_url(url), pool_pre_ping=True)
     if engine.dialect.name == "sqlite":
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+    for attempt in range(1, _SCHEMA_ATTEMPTS):
+        try:
+            await _ensure_schema(engine)
+            return engine
+        except DBAPIError:
+            await asyncio.sleep(random.uniform(0.05, 0.2) * attempt)
+    try:
+        await _ensure_schema(engine)
+    except BaseException:
+        await engine.dispose()
+        raise
+    return engine
+
+
+_SCHEMA_ATTEMPTS = 8
+
+
+async def _ensure_schema(engine: AsyncEngine) -> None:
     async with engine.begin() as conn:
         await conn.run_sync(Base.metadata.create_all)
     async with async_sessionmaker(engine)() as session, session.begin():
-        row = await session.get(SchemaVersion, 1)
-        if row is None:
+        if await session.get(SchemaVersion, 1) is None:
             session.add(SchemaVersion(id=1, version=SCHEMA_VERSION))
-    return engine

@@ -2,33 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import uuid
-from collections.abc import AsyncIterator
-from pathlib import Path
+import asyncio
 
-import asyncpg
-import pytest
+from sqlalchemy import text
 
-from store.db import normalise_url, open_engine
+from store.db import SCHEMA_VERSION, normalise_url, open_engine
 from store.inventory import InventoryStore
-
-PG_ADMIN = os.environ.get("MDMFLOW_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-async def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'store.db'}"
-        return
-    name = f"mdmflow_test_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(PG_ADMIN)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield PG_ADMIN.rsplit("/", 1)[0] + "/" + name
-    finally:
-        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-        await admin.close()
 
 
 async def test_inventory_merges_values_and_hides_secrets(db_url: str) -> None:
@@ -53,6 +32,15 @@ async def test_schema_survives_a_restart_and_keeps_data(db_url: str) -> None:
     log = await InventoryStore(engine).device_information_log("A")
     assert [entry["command_uuid"] for entry in log] == ["u1"]
     await engine.dispose()
+
+
+async def test_processes_opening_a_new_database_at_once_all_succeed(db_url: str) -> None:
+    """The API and the worker start together on one fresh database: neither may crash."""
+    engines = await asyncio.gather(*(open_engine(db_url) for _ in range(6)))
+    async with engines[0].connect() as conn:
+        version = (await conn.execute(text("SELECT version FROM schema_version"))).all()
+    assert version == [(SCHEMA_VERSION,)]
+    await asyncio.gather(*(e.dispose() for e in engines))
 
 
 def test_plain_urls_get_async_drivers() -> None:

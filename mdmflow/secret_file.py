@@ -1,0 +1,36 @@
+"""Secrets kept in files under ``var/`` (master key, API key, simulator keys).
+
+Several processes of one install often start at the same moment on an empty ``var/``;
+they must all end up with the same value, and none may read a half-written file.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Callable
+from pathlib import Path
+
+
+def read_or_create(path: Path, make: Callable[[], str]) -> str:
+    """The file's value, or a new one from ``make`` written there (mode 0600) first.
+
+    The new value goes whole into a private temporary file that is then hard-linked
+    into place: the link fails if another process got there first, and its value wins.
+    """
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(make() + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                pass
+        finally:
+            tmp.unlink()
+    return path.read_text().strip()
