@@ -17,11 +17,8 @@ from simulator.profiles import parse as simulator_parse
 from store.cmdplans import CmdPlan, CmdPlanStore, expand
 from store.db import open_engine
 from store.profiles import ProfileError, ProfileStore, parse_profile
-from tests import test_store
 from tests.conftest import FIXTURES
 from tests.profile_support import ec_identity, profile, rsa_identity, sign, to_ber
-
-db_url = test_store.db_url  # the same SQLite + PostgreSQL parametrisation
 
 UUID = "5A0D3B5C-8F3E-4E0B-9C59-2B1F1C7A9E11"
 
