@@ -1,7 +1,9 @@
 """A loopback uvicorn server that can be stopped and started again on the same port.
 
 Chaos runs take the simulator or the relay away and bring it back where clients expect
-it; ``SO_REUSEADDR`` lets the port be bound again while old connections linger.
+it; ``SO_REUSEADDR`` lets the port be bound again while old connections linger. The
+first socket is bound and listening from construction, so nothing started meanwhile
+(the Temporal dev server picks several free ports of its own) can take the port.
 """
 
 from __future__ import annotations
@@ -13,14 +15,23 @@ from typing import Any
 import uvicorn
 
 
+def listening_socket(port: int = 0) -> socket.socket:
+    """A loopback listener on ``port`` (0: any free one), held until it is closed."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", port))
+    sock.listen(2048)
+    return sock
+
+
 class RestartableServer:
-    def __init__(self, app: Any, port: int) -> None:
+    def __init__(self, app: Any, sock: socket.socket | None = None) -> None:
         self.app = app
-        self.port = port
-        self.url = f"http://127.0.0.1:{port}"
+        self._sock: socket.socket | None = sock or listening_socket()
+        self.port: int = self._sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
         self._server: uvicorn.Server | None = None
         self._task: asyncio.Task[None] | None = None
-        self._sock: socket.socket | None = None
 
     @property
     def running(self) -> bool:
@@ -29,10 +40,9 @@ class RestartableServer:
     async def start(self) -> None:
         if self._task is not None:
             return
-        sock = socket.socket()
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", self.port))
-        self._sock = sock
+        if self._sock is None:
+            self._sock = listening_socket(self.port)
+        sock = self._sock
         config = uvicorn.Config(
             self.app, log_level="warning", access_log=False, lifespan="on", backlog=2048
         )

@@ -12,6 +12,7 @@ import asyncio
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -37,7 +38,7 @@ from temporalio.worker import Worker
 
 import worker as worker_module
 from activities.mdm_server import NanoMdmClient
-from bench.servers import Outage, RestartableServer
+from bench.servers import Outage, RestartableServer, listening_socket
 from escrow.sealing import load_master_key
 from mdmflow.temporal_client import connect
 from mdmflow.temporal_server import SQLITE_PRAGMAS, DevServer, free_port
@@ -105,7 +106,9 @@ class Stack:
             log_file=self.dir / "temporal.log",
             pragmas=self.options.pragmas,
         )
-        self.api_port = free_port()
+        # held until the API binds it (its own process, or the server below)
+        self._api_listener: socket.socket | None = listening_socket()
+        self.api_port: int = self._api_listener.getsockname()[1]
         self.api_url = f"http://127.0.0.1:{self.api_port}"
         self.fleet = Fleet(
             FleetConfig(
@@ -118,7 +121,7 @@ class Stack:
             )
         )
         self.mdm_outage = Outage(create_sim_app(self.fleet))
-        self.sim = RestartableServer(self.mdm_outage, free_port())
+        self.sim = RestartableServer(self.mdm_outage)
         self._client: Client | None = None
         self._engine: AsyncEngine | None = None
         self._api_server: RestartableServer | None = None
@@ -153,6 +156,8 @@ class Stack:
         await self.stop_worker()
         await self.stop_api()
         await self.sim.stop()
+        if self._api_listener is not None:
+            self._api_listener.close()
         await self.fleet.stop()
         await self.http.aclose()
         if self._engine is not None:
@@ -186,6 +191,9 @@ class Stack:
 
     async def start_api(self) -> None:
         if self.options.processes:
+            if self._api_listener is not None:
+                self._api_listener.close()
+                self._api_listener = None
             self.api_proc = self._spawn("serve")
             deadline = time.monotonic() + 60
             while True:
@@ -203,7 +211,8 @@ class Stack:
                 self.client, self._engine, self.queue, load_master_key(self.dir)
             )
             app = create_app(services, API_KEY, HMAC_KEY)
-            self._api_server = RestartableServer(app, self.api_port)
+            self._api_server = RestartableServer(app, self._api_listener)
+            self._api_listener = None
         await self._api_server.start()
 
     async def stop_api(self, kill: bool = False) -> None:
