@@ -6,7 +6,6 @@ any host, against the same Temporal namespace and task queue.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -22,7 +21,7 @@ from activities.mdm_server import MdmServerClient, make_client
 from activities.profiles import ProfileActivities
 from activities.starting import StartActivities
 from escrow.sealing import load_master_key
-from mdmflow import config
+from mdmflow import config, eventloop
 from mdmflow.temporal_client import connect
 from starter.deps import Services
 from store.db import open_engine
@@ -96,7 +95,7 @@ async def run_worker() -> None:
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    asyncio.run(run_worker())
+    eventloop.run(run_worker())
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ Benchmarks: engine_overhead, relay, step_latency, fleet, settings (see bench/REA
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import subprocess
 import sys
@@ -122,7 +121,9 @@ def main() -> int:
     parser.add_argument("--with-simulator", action="store_true", help="also bench/sim_bench.py")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    code = asyncio.run(main_async(args))
+    from mdmflow import eventloop
+
+    code = eventloop.run(main_async(args))
     if args.with_simulator:
         code |= subprocess.call([sys.executable, str(ROOT / "bench" / "sim_bench.py")])
     return code

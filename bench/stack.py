@@ -49,7 +49,7 @@ from starter.api import create_app
 from starter.deps import Services
 from store.db import open_engine
 from workflows import search_attributes as sa
-from workflows.models import WorkflowInput
+from workflows.models import ENGINE_REVISION, WorkflowInput
 from workflows.registry import BY_NAME
 
 API_KEY = "bench-api-key"
@@ -309,7 +309,12 @@ class Stack:
             async with gate:
                 await self.client.start_workflow(
                     workflow,
-                    WorkflowInput(enrollment_id=eid, instance_id=instance, **inputs),
+                    WorkflowInput(
+                        enrollment_id=eid,
+                        instance_id=instance,
+                        revision=ENGINE_REVISION,
+                        **inputs,
+                    ),
                     id=routing.workflow_id(workflow, eid, None if wf.EXCLUSIVE else instance),
                     task_queue=self.queue,
                     id_conflict_policy=WorkflowIDConflictPolicy.FAIL,

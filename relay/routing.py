@@ -21,6 +21,7 @@ from protocol.results import CommandReport
 from protocol.webhooks import WebhookEvent
 from relay.events import EventDispatcher
 from workflows.command_response import CommandResponseInput
+from workflows.models import ENGINE_REVISION
 from workflows.registry import BY_CODE, command_response_subscribers
 
 log = logging.getLogger("mdmflow.relay")
@@ -73,7 +74,9 @@ class Router:
             try:
                 await self._client.start_workflow(
                     "mdmflow.command_response.v1",
-                    CommandResponseInput(subscriber=wf.NAME, report=report),
+                    CommandResponseInput(
+                        subscriber=wf.NAME, report=report, revision=ENGINE_REVISION
+                    ),
                     id=workflow_id,
                     task_queue=self._task_queue,
                     id_conflict_policy=WorkflowIDConflictPolicy.FAIL,

@@ -24,7 +24,7 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 
 from protocol import routing
 from workflows import search_attributes as sa
-from workflows.models import WorkflowInput
+from workflows.models import ENGINE_REVISION, WorkflowInput
 from workflows.registry import BY_NAME
 
 log = logging.getLogger("mdmflow.starter")
@@ -82,6 +82,7 @@ async def start_workflow(
             context=context,
             url_params=(url_params or {}).get(enrollment_id, {}),
             step_timeout_seconds=step_timeout,
+            revision=ENGINE_REVISION,
         )
         attrs = TypedSearchAttributes(
             [

@@ -183,7 +183,9 @@ async def open_engine(url: str) -> AsyncEngine:
     loses the race to create a table sees "already exists" (or a duplicate key in
     PostgreSQL's catalogue) and simply tries again, finding the tables there.
     """
-    engine = create_async_engine(normalise_url(url), pool_pre_ping=True)
+    url = normalise_url(url)
+    # a SQLite file cannot drop a connection; a database server can
+    engine = create_async_engine(url, pool_pre_ping=not url.startswith("sqlite"))
     if engine.dialect.name == "sqlite":
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
     for attempt in range(1, _SCHEMA_ATTEMPTS):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from store.db import DeviceInfoLogRow, InventoryRow, iso_utc
@@ -16,6 +16,7 @@ SECRET_KEYS = frozenset({"prk", "pin", "recovery_key"})
 
 class InventoryStore:
     def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
         self._sessions = async_sessionmaker(engine, expire_on_commit=False)
 
     async def store_values(self, enrollment_id: str, values: dict[str, Any], source: str) -> None:
@@ -46,14 +47,16 @@ class InventoryStore:
     async def log_device_information(
         self, enrollment_id: str, command_uuid: str, query_responses: dict[str, Any]
     ) -> None:
-        async with self._sessions() as session, session.begin():
-            session.add(
-                DeviceInfoLogRow(
-                    enrollment_id=enrollment_id,
-                    command_uuid=command_uuid,
-                    query_responses=query_responses,
-                    created=datetime.now(UTC),
-                )
+        # a plain INSERT: one row per answer, nothing to load or merge
+        async with self._engine.begin() as conn:
+            await conn.execute(
+                insert(DeviceInfoLogRow),
+                {
+                    "enrollment_id": enrollment_id,
+                    "command_uuid": command_uuid,
+                    "query_responses": query_responses,
+                    "created": datetime.now(UTC),
+                },
             )
 
     async def device_information_log(

@@ -23,7 +23,7 @@ from workflows.catalog import ALL_WORKFLOWS
 from workflows.devinfolog import DevInfoLogWorkflow
 from workflows.inventory import InventoryWorkflow
 from workflows.lock import LockWorkflow
-from workflows.models import RunResult, WorkflowInput
+from workflows.models import ENGINE_REVISION, RunResult, WorkflowInput
 
 OUT = Path(__file__).parent / "histories"
 DEVINFO = {"QueryResponses": {"SerialNumber": "C02XYZ", "Model": "Mac16,10"}}
@@ -50,7 +50,9 @@ async def main() -> None:
             eid = enrollment()
             handle = await env.client.start_workflow(
                 name,
-                WorkflowInput(enrollment_id=eid, instance_id=str(uuid.uuid4())),
+                WorkflowInput(
+                    enrollment_id=eid, instance_id=str(uuid.uuid4()), revision=ENGINE_REVISION
+                ),
                 id=routing.workflow_id(name, eid),
                 task_queue=queue,
                 result_type=RunResult,

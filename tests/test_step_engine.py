@@ -18,7 +18,7 @@ from worker import PASSTHROUGH
 from workflows.catalog import ALL_WORKFLOWS
 from workflows.devinfolog import DevInfoLogWorkflow
 from workflows.inventory import InventoryWorkflow
-from workflows.models import RunResult, RunState, WorkflowInput
+from workflows.models import ENGINE_REVISION, RunResult, RunState, WorkflowInput
 
 DEVINFO = {"QueryResponses": {"SerialNumber": "C02XYZ", "Model": "Mac16,10", "OSVersion": "15.4"}}
 SECINFO = {"SecurityInfo": {"FDE_Enabled": False, "SystemIntegrityProtectionEnabled": True}}
@@ -35,7 +35,12 @@ class Harness:
         self, workflow: str = InventoryWorkflow.NAME, **kw: object
     ) -> tuple[str, WorkflowHandle[object, RunResult]]:
         eid = enrollment()
-        inp = WorkflowInput(enrollment_id=eid, instance_id=str(uuid.uuid4()), **kw)  # type: ignore[arg-type]
+        inp = WorkflowInput(
+            enrollment_id=eid,
+            instance_id=str(uuid.uuid4()),
+            revision=ENGINE_REVISION,
+            **kw,  # type: ignore[arg-type]
+        )
         handle: WorkflowHandle[object, RunResult] = await self.env.client.start_workflow(
             workflow,
             inp,

@@ -19,6 +19,7 @@ with workflow.unsafe.imports_passed_through():
 class CommandResponseInput(BaseModel):
     subscriber: str
     report: CommandReport
+    revision: int = 1  # see workflows.models.ENGINE_REVISION
 
 
 @workflow.defn(name="mdmflow.command_response.v1")
@@ -28,5 +29,5 @@ class CommandResponseWorkflow:
         subscriber = BY_NAME.get(inp.subscriber)
         if subscriber is None or not subscriber.ALL_COMMAND_RESPONSE_TYPES:
             return f"no subscriber {inp.subscriber!r}"
-        await subscriber.on_command_response(inp.report)
+        await subscriber.on_command_response(inp.report, inp.revision)
         return f"{inp.report.request_type} {inp.report.status} handled by {inp.subscriber}"

@@ -9,8 +9,6 @@ re-enrollment mid-step re-sends the command, a CheckOut ends the run.
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
@@ -19,6 +17,7 @@ with workflow.unsafe.imports_passed_through():
     from protocol.results import DeviceInformationResponse, typed
     from workflows.engine import MdmWorkflow
     from workflows.models import RunResult, WorkflowInput
+    from workflows.storing import log_device_information
 
 
 @workflow.defn(name="io.micromdm.wf.devinfolog.v1")
@@ -39,14 +38,12 @@ class DevInfoLogWorkflow(MdmWorkflow):
         if report is None or report.status != "Acknowledged":
             return self.finish("failed", step.describe())
         responses = typed(report, DeviceInformationResponse).query_responses
-        await workflow.execute_activity(
-            "inventory.log_device_information",
+        await log_device_information(
+            inp.revision,
             DeviceInfoLogEntry(
                 enrollment_id=inp.enrollment_id,
                 command_uuid=report.command_uuid,
                 query_responses=responses.model_dump(by_alias=True, exclude_none=True),
             ),
-            start_to_close_timeout=timedelta(seconds=30),
-            summary="log device information",
         )
         return self.finish("completed", "device information logged")

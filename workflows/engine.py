@@ -163,7 +163,7 @@ class MdmWorkflow:
             self._checked_out = True
 
     @staticmethod
-    async def on_command_response(report: CommandReport) -> None:
+    async def on_command_response(report: CommandReport, revision: int) -> None:
         """Handle an AllCommandResponse report; runs inside a short workflow of its own."""
 
     @workflow.query(name="state")

@@ -13,7 +13,6 @@ FileVault and SIP values too (AllCommandResponse).
 
 from __future__ import annotations
 
-from datetime import timedelta
 from typing import Any
 
 from temporalio import workflow
@@ -29,6 +28,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from workflows.engine import MdmWorkflow
     from workflows.models import RunResult, WorkflowInput
+    from workflows.storing import store_inventory
 
 # DeviceInformation query -> inventory key (NanoCMD's inventory keys).
 DEVICE_KEYS = {
@@ -67,17 +67,16 @@ class InventoryWorkflow(MdmWorkflow):
     ALL_COMMAND_RESPONSE_TYPES = frozenset({"SecurityInfo"})
 
     @staticmethod
-    async def on_command_response(report: CommandReport) -> None:
+    async def on_command_response(report: CommandReport, revision: int) -> None:
         if report.status != "Acknowledged":
             return
         values = security_values(report)
         if values:
-            await workflow.execute_activity(
-                "inventory.store",
+            await store_inventory(
+                revision,
                 InventoryUpdate(
                     enrollment_id=report.enrollment_id, values=values, source="SecurityInfo"
                 ),
-                start_to_close_timeout=timedelta(seconds=30),
                 summary="store SecurityInfo values",
             )
 
@@ -100,13 +99,11 @@ class InventoryWorkflow(MdmWorkflow):
             values.update(security_values(secinfo))
             source.append("SecurityInfo")
         if values:
-            await workflow.execute_activity(
-                "inventory.store",
+            await store_inventory(
+                inp.revision,
                 InventoryUpdate(
                     enrollment_id=inp.enrollment_id, values=values, source="+".join(source)
                 ),
-                start_to_close_timeout=timedelta(seconds=30),
-                summary="store inventory",
             )
         if step.errors:
             return self.finish("failed", step.describe())

@@ -13,6 +13,14 @@ from pydantic import BaseModel, Field, PositiveFloat
 
 from protocol.results import CommandReport
 
+# The engine revision new runs are started under. A change to what a workflow records
+# in history (its commands) is gated on ``WorkflowInput.revision``, so a run started by
+# an earlier version keeps replaying the code path it was started on, at no cost in
+# history (``workflow.patched`` would add a marker and a search-attribute upsert to
+# every run). Revisions: 1 = v0.1 (store writes as activities); 2 = store writes as
+# local activities.
+ENGINE_REVISION = 2
+
 
 class WorkflowInput(BaseModel):
     enrollment_id: str
@@ -24,6 +32,9 @@ class WorkflowInput(BaseModel):
     # Re-push intervals in seconds (the last one repeats) instead of the workflow's
     # REPUSH_SCHEDULE; lets tests and chaos runs see re-push and re-issue in seconds.
     repush_after_seconds: list[PositiveFloat] | None = None
+    # Set by the starter to ENGINE_REVISION; inputs recorded before revisions existed
+    # decode as 1.
+    revision: int = 1
 
 
 class CommandProgress(BaseModel):

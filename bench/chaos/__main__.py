@@ -9,7 +9,6 @@ any scenario found a run lost, duplicated or stuck, or a 5xx.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import logging
 import sys
@@ -27,6 +26,7 @@ from bench.chaos import (
 )
 from bench.report import write
 from bench.stack import Stack, StackOptions
+from mdmflow import eventloop
 
 Scenario = Callable[[Stack], Awaitable[dict[str, Any]]]
 
@@ -83,7 +83,7 @@ def main() -> int:
     logging.basicConfig(level=logging.WARNING)
     # expected during outages: failed activity attempts are retried, not news
     logging.getLogger("temporalio").setLevel(logging.ERROR)
-    return asyncio.run(main_async(args.only, args.scale))
+    return eventloop.run(main_async(args.only, args.scale))
 
 
 if __name__ == "__main__":
