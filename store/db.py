@@ -14,20 +14,37 @@ from sqlalchemy import (
     JSON,
     Boolean,
     DateTime,
+    Index,
     Integer,
     LargeBinary,
     MetaData,
     String,
     Text,
     event,
+    insert,
+    select,
+    text,
+    update,
 )
 from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.pool import ConnectionPoolEntry
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
+
+# Statements that bring a database of version ``v - 1`` to ``v`` (idempotent: processes
+# starting together may both run them). A fresh database gets the current layout from
+# the models and skips them.
+MIGRATIONS: dict[int, tuple[str, ...]] = {
+    4: (
+        "DELETE FROM devinfo_log WHERE id NOT IN "
+        "(SELECT MIN(id) FROM devinfo_log GROUP BY enrollment_id, command_uuid)",
+        "CREATE UNIQUE INDEX IF NOT EXISTS ux_devinfo_log_command "
+        "ON devinfo_log (enrollment_id, command_uuid)",
+    ),
+}
 
 
 class Base(DeclarativeBase):
@@ -49,6 +66,10 @@ class InventoryRow(Base):
 
 class DeviceInfoLogRow(Base):
     __tablename__ = "devinfo_log"
+    # one entry per command however often the write is retried (see MIGRATIONS[4])
+    __table_args__ = (
+        Index("ux_devinfo_log_command", "enrollment_id", "command_uuid", unique=True),
+    )
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     enrollment_id: Mapped[str] = mapped_column(String(255), index=True)
     command_uuid: Mapped[str] = mapped_column(String(127))
@@ -208,6 +229,15 @@ _SCHEMA_ATTEMPTS = 8
 async def _ensure_schema(engine: AsyncEngine) -> None:
     async with engine.begin() as conn:
         await conn.run_sync(Base.metadata.create_all)
-    async with async_sessionmaker(engine)() as session, session.begin():
-        if await session.get(SchemaVersion, 1) is None:
-            session.add(SchemaVersion(id=1, version=SCHEMA_VERSION))
+        version_row = select(SchemaVersion.version).where(SchemaVersion.id == 1)
+        version = (await conn.execute(version_row)).scalar()
+        if version is None:
+            await conn.execute(insert(SchemaVersion).values(id=1, version=SCHEMA_VERSION))
+            return
+        for target in range(version + 1, SCHEMA_VERSION + 1):
+            for statement in MIGRATIONS.get(target, ()):
+                await conn.execute(text(statement))
+        if version < SCHEMA_VERSION:
+            await conn.execute(
+                update(SchemaVersion).where(SchemaVersion.id == 1).values(version=SCHEMA_VERSION)
+            )

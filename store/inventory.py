@@ -5,7 +5,9 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import insert, select
+from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from store.db import DeviceInfoLogRow, InventoryRow, iso_utc
@@ -47,10 +49,15 @@ class InventoryStore:
     async def log_device_information(
         self, enrollment_id: str, command_uuid: str, query_responses: dict[str, Any]
     ) -> None:
-        # a plain INSERT: one row per answer, nothing to load or merge
+        # A plain INSERT, once per command: a retried write (an activity runs at least
+        # once) finds the entry there and changes nothing.
+        dialect_insert = pg_insert if self._engine.dialect.name == "postgresql" else sqlite_insert
+        statement = dialect_insert(DeviceInfoLogRow).on_conflict_do_nothing(
+            index_elements=["enrollment_id", "command_uuid"]
+        )
         async with self._engine.begin() as conn:
             await conn.execute(
-                insert(DeviceInfoLogRow),
+                statement,
                 {
                     "enrollment_id": enrollment_id,
                     "command_uuid": command_uuid,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
 from sqlalchemy import text
 
@@ -47,3 +48,42 @@ def test_plain_urls_get_async_drivers() -> None:
     assert normalise_url("sqlite:///var/x.db") == "sqlite+aiosqlite:///var/x.db"
     assert normalise_url("postgresql://u@h/db") == "postgresql+asyncpg://u@h/db"
     assert normalise_url("postgres://u@h/db") == "postgresql+asyncpg://u@h/db"
+
+
+async def test_a_retried_device_information_write_logs_once(db_url: str) -> None:
+    engine = await open_engine(db_url)
+    store = InventoryStore(engine)
+    for _ in range(3):  # an activity runs at least once: the retry must change nothing
+        await store.log_device_information("A", "u1", {"SerialNumber": "S1"})
+    await store.log_device_information("A", "u2", {"SerialNumber": "S1"})
+    await store.log_device_information("B", "u1", {"SerialNumber": "S2"})
+    assert [e["command_uuid"] for e in await store.device_information_log("A")] == ["u2", "u1"]
+    assert len(await store.device_information_log("B")) == 1
+    await engine.dispose()
+
+
+async def test_a_version_3_database_is_migrated_and_keeps_its_first_entries(db_url: str) -> None:
+    engine = await open_engine(db_url)
+    async with engine.begin() as conn:  # the v3 layout: no unique index, duplicates logged
+        await conn.execute(text("DROP INDEX ux_devinfo_log_command"))
+        await conn.execute(text("UPDATE schema_version SET version = 3"))
+        for serial in ("first", "again"):
+            await conn.execute(
+                text(
+                    "INSERT INTO devinfo_log"
+                    " (enrollment_id, command_uuid, query_responses, created)"
+                    " VALUES ('A', 'u1', :q, CURRENT_TIMESTAMP)"
+                ),
+                {"q": json.dumps({"SerialNumber": serial})},
+            )
+    await engine.dispose()
+    engines = await asyncio.gather(*(open_engine(db_url) for _ in range(3)))
+    store = InventoryStore(engines[0])
+    log = await store.device_information_log("A")
+    assert [e["query_responses"]["SerialNumber"] for e in log] == ["first"]
+    await store.log_device_information("A", "u1", {"SerialNumber": "later"})
+    assert len(await store.device_information_log("A")) == 1
+    async with engines[0].connect() as conn:
+        version = (await conn.execute(text("SELECT version FROM schema_version"))).all()
+    assert version == [(SCHEMA_VERSION,)]
+    await asyncio.gather(*(e.dispose() for e in engines))
