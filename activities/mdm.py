@@ -50,12 +50,13 @@ class MdmActivities:
         try:
             pushed = False
             for i, qc in enumerate(inp.commands):
+                if i:  # a long step shows it is alive; a one-command step needs no RPC for it
+                    activity.heartbeat(inp.commands[i - 1].command_uuid)
                 body = await self._render(inp.enrollment_id, qc)
                 with_push = inp.push and i == len(inp.commands) - 1
                 outcome = await self._client.enqueue(
                     [inp.enrollment_id], qc.command_uuid, body, push=with_push
                 )
-                activity.heartbeat(qc.command_uuid)
                 if outcome.already_queued:
                     result.already_queued.append(qc.command_uuid)
                     log.info("already queued %s for %s", qc.command_uuid, inp.enrollment_id)
