@@ -2,7 +2,8 @@
 
 Each configuration gets a fresh stack and one round of :func:`bench.engine_overhead.measure`:
 the dev server's SQLite pragmas (the product default is WAL + ``synchronous=normal``,
-see ``mdmflow.temporal_server.SQLITE_PRAGMAS``) and the worker's activity slots,
+see ``mdmflow.temporal_server.SQLITE_PRAGMAS``), eager activity execution (on in the
+product's dev server) and the worker's activity slots,
 workflow-task slots and sticky cache (applied to the floor's worker too).
 """
 
@@ -20,6 +21,7 @@ CONFIGS: dict[str, StackOptions] = {
     "wal, synchronous=full": StackOptions(pragmas=("journal_mode=wal", "synchronous=full")),
     "wal, synchronous=off (unsafe)": StackOptions(pragmas=("journal_mode=wal", "synchronous=off")),
     "sqlite defaults (delete journal, synchronous=full)": StackOptions(pragmas=()),
+    "eager activities off": StackOptions(eager_activities=False),
     "max_concurrent_activities=5": StackOptions(worker_tuning={"max_concurrent_activities": 5}),
     "max_concurrent_workflow_tasks=2": StackOptions(
         worker_tuning={"max_concurrent_workflow_tasks": 2}

@@ -41,7 +41,7 @@ from activities.mdm_server import NanoMdmClient
 from bench.servers import Outage, RestartableServer, listening_socket
 from escrow.sealing import load_master_key
 from mdmflow.temporal_client import connect
-from mdmflow.temporal_server import SQLITE_PRAGMAS, DevServer, free_port
+from mdmflow.temporal_server import EAGER_ACTIVITIES, SQLITE_PRAGMAS, DevServer, free_port
 from protocol import routing
 from simulator.app import create_app as create_sim_app
 from simulator.fleet import Fleet, FleetConfig
@@ -61,20 +61,24 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @dataclass
 class TunedDevServer(DevServer):
-    """The product's dev server with other SQLite pragmas (for the settings benchmark)."""
+    """The product's dev server with other SQLite pragmas, eager activities on or off
+    (for the settings benchmark)."""
 
     pragmas: tuple[str, ...] = SQLITE_PRAGMAS
+    eager_activities: bool = True
 
     def command(self) -> list[str]:
         cmd = super().command()
         out: list[str] = []
         skip = False
-        for arg in cmd:
+        for arg, following in zip(cmd, [*cmd[1:], ""], strict=True):
             if skip:
                 skip = False
                 continue
-            if arg == "--sqlite-pragma":
-                skip = True
+            if arg == "--sqlite-pragma" or (
+                following == EAGER_ACTIVITIES and not self.eager_activities
+            ):
+                skip = True  # the flag and its value
                 continue
             out.append(arg)
         for pragma in self.pragmas:
@@ -88,6 +92,7 @@ class StackOptions:
     connect_latency: float = 0.0
     seed: int = 1
     pragmas: tuple[str, ...] = SQLITE_PRAGMAS
+    eager_activities: bool = True
     # In-process worker only: extra temporalio Worker arguments (slots, sticky cache).
     worker_tuning: dict[str, Any] = field(default_factory=dict)
     webhook_concurrency: int = 16
@@ -105,6 +110,7 @@ class Stack:
             ui_port=None,
             log_file=self.dir / "temporal.log",
             pragmas=self.options.pragmas,
+            eager_activities=self.options.eager_activities,
         )
         # held until the API binds it (its own process, or the server below)
         self._api_listener: socket.socket | None = listening_socket()
