@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
-from fastapi import Body, FastAPI, HTTPException, Query, Request
+from fastapi import Body, FastAPI, HTTPException, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, Field
@@ -29,7 +29,7 @@ from starter.api_escrow import router as escrow_router
 from starter.api_events import router as events_router
 from starter.api_profiles import router as profiles_router
 from starter.api_schedules import router as schedules_router
-from starter.deps import AUTH, ERRORS, Services, describe_errors
+from starter.deps import AUTH, ERRORS, Services, describe_errors, one_of
 from starter.starting import StartError, start_workflow
 from workflows.registry import BY_NAME
 
@@ -119,7 +119,7 @@ def create_app(
         summary="Start a workflow for one or more enrollments",
     )
     async def start(
-        name: str,
+        name: Annotated[str, Path(json_schema_extra=one_of(sorted(BY_NAME)))],
         id: Annotated[list[str], Query(description="Enrollment ID (repeat for many)")] = [],  # noqa: B006
         context: Annotated[str | None, Query(description="Workflow-dependent context")] = None,
         body: Annotated[

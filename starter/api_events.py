@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, Response
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from relay.events import EVENTS
-from starter.deps import AUTH, ERRORS, ServicesDep
+from starter.deps import AUTH, ERRORS, ServicesDep, one_of
 from store.events import Subscription
 from workflows.registry import BY_NAME
 
@@ -16,8 +16,9 @@ router = APIRouter(tags=["events"], dependencies=AUTH, responses=ERRORS)
 
 
 class EventSubscription(BaseModel):
-    event: str
-    workflow: str
+    # documented as enums; checked in validate() for a message that lists the choices
+    event: str = Field(json_schema_extra=one_of(EVENTS))
+    workflow: str = Field(json_schema_extra=one_of(sorted(BY_NAME)))
     context: str | None = None
     event_context: str | None = None
 

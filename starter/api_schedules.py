@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Response
+from fastapi import Path as PathParam
 
 from starter import schedules
-from starter.deps import AUTH, ERRORS, ServicesDep
+from starter.deps import AUTH, ERRORS, ServicesDep, one_of
 from starter.schedules import ScheduleError, ScheduleNotFound, ScheduleRequest
 
 router = APIRouter(tags=["schedules"], dependencies=AUTH, responses=ERRORS)
+
+
+ACTIONS = ("pause", "unpause", "trigger")
 
 
 def _missing(name: str) -> HTTPException:
@@ -49,14 +53,18 @@ async def delete_schedule(name: str, svc: ServicesDep) -> Response:
 
 
 @router.post("/v1/schedule/{name}/{action}", status_code=204, summary="pause, unpause or trigger")
-async def act(name: str, action: str, svc: ServicesDep) -> Response:
+async def act(
+    name: str,
+    action: Annotated[str, PathParam(json_schema_extra=one_of(ACTIONS))],
+    svc: ServicesDep,
+) -> Response:
     try:
         if action in ("pause", "unpause"):
             await schedules.pause(svc.client, name, action == "pause")
         elif action == "trigger":
             await schedules.trigger(svc.client, name)
         else:
-            raise HTTPException(400, "action must be pause, unpause or trigger")
+            raise HTTPException(400, f"action must be one of {', '.join(ACTIONS)}")
     except ScheduleNotFound as exc:
         raise _missing(name) from exc
     return Response(status_code=204)

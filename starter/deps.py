@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import secrets
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPBasic, HTTPBasicCredentials
-from pydantic import BaseModel
+from pydantic import BaseModel, JsonValue
 from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.client import Client
 
@@ -95,4 +95,10 @@ def services(request: Request) -> Services:
 
 
 AUTH = [Depends(authorised)]
+
+
+def one_of(values: Iterable[str]) -> dict[str, JsonValue]:
+    """OpenAPI ``enum`` for a string the handler checks itself (for a clearer 400)."""
+    choices: list[JsonValue] = [*values]
+    return {"enum": choices}
 ServicesDep = Annotated[Services, Depends(services)]

@@ -26,6 +26,7 @@ from temporalio.client import (
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities.models import StartRequest
+from starter.deps import one_of
 from workflows.registry import BY_NAME
 
 PREFIX = "mdmflow/"
@@ -40,7 +41,7 @@ class ScheduleNotFound(KeyError):
 
 
 class ScheduleRequest(BaseModel):
-    workflow: str
+    workflow: str = Field(json_schema_extra=one_of(sorted(BY_NAME)))
     ids: list[str] | None = Field(default=None, description="omit for every enrolled device")
     context: str | None = None
     every_seconds: int | None = Field(default=None, ge=1)

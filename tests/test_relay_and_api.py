@@ -22,6 +22,7 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxR
 
 from mdmflow import metrics
 from protocol import plist
+from relay.events import EVENTS
 from relay.hmac_check import sign
 from starter.api import create_app
 from starter.deps import Services
@@ -30,6 +31,7 @@ from tests.servers import LocalServer
 from tests.workflow_harness import RecordingInventory, RecordingMdm, enrollment
 from worker import PASSTHROUGH
 from workflows.catalog import ALL_WORKFLOWS
+from workflows.registry import BY_NAME
 
 API_KEY = "test-api-key"
 HMAC_KEY = "test-hmac-key"
@@ -187,6 +189,27 @@ async def test_openapi_serves_nanocmd_paths(stack: Stack) -> None:
     for path in ("/version", "/webhook", "/v1/workflow/{name}/start", "/v1/inventory"):
         assert path in theirs and path in ours
     assert (await stack.http.get("/docs")).status_code == 200
+
+
+async def test_openapi_lists_the_choices_the_api_accepts(stack: Stack) -> None:
+    doc = (await stack.http.get("/openapi.json")).json()
+
+    def param(path: str, method: str, name: str) -> dict[str, object]:
+        params = doc["paths"][path][method]["parameters"]
+        return next(p["schema"] for p in params if p["name"] == name)
+
+    assert param("/v1/workflow/{name}/start", "post", "name")["enum"] == sorted(BY_NAME)
+    assert param("/v1/schedule/{name}/{action}", "post", "action")["enum"] == [
+        "pause",
+        "unpause",
+        "trigger",
+    ]
+    schemas = doc["components"]["schemas"]
+    assert schemas["EventSubscription"]["properties"]["event"]["enum"] == list(EVENTS)
+    assert schemas["ScheduleRequest"]["properties"]["workflow"]["enum"] == sorted(BY_NAME)
+    # an unknown choice still gets the handler's message, not a bare validation error
+    bad = await stack.http.post("/v1/workflow/io.example.nope/start?id=A")
+    assert bad.status_code == 400 and "unknown workflow" in bad.json()["error"]
 
 
 async def test_run_state_errors_are_clear(stack: Stack) -> None:
