@@ -1,4 +1,5 @@
-"""A loopback uvicorn server that can be stopped and started again on the same port.
+"""A loopback uvicorn server in the caller's event loop, stoppable and restartable on
+the same port (benchmarks, chaos runs and tests use it as ``async with``).
 
 Chaos runs take the simulator or the relay away and bring it back where clients expect
 it; ``SO_REUSEADDR`` lets the port be bound again while old connections linger. The
@@ -52,6 +53,13 @@ class RestartableServer:
             if self._task.done():
                 self._task.result()
             await asyncio.sleep(0.01)
+
+    async def __aenter__(self) -> RestartableServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        await self.stop()
 
     async def stop(self) -> None:
         """Close the listening socket and every open connection (clients see resets)."""

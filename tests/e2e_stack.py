@@ -18,6 +18,7 @@ import pytest
 from temporalio.client import Client
 
 from activities.mdm_server import NanoMdmClient
+from bench.servers import RestartableServer
 from escrow.sealing import load_master_key
 from mdmflow.temporal_server import DevServer
 from simulator.app import create_app as create_sim_app
@@ -25,7 +26,6 @@ from simulator.fleet import Fleet, FleetConfig
 from starter.api import create_app
 from starter.deps import Services
 from store.db import open_engine
-from tests.servers import LocalServer
 from worker import build_worker
 
 API_KEY = "e2e-api-key"
@@ -83,7 +83,7 @@ async def e2e(
     var_dir = tmp_path_factory.mktemp("var")
     services = Services.create(dev_client, engine, queue, load_master_key(var_dir))
     app = create_app(services, API_KEY, HMAC_KEY)
-    api_server = LocalServer(app)
+    api_server = RestartableServer(app)
     fleet = Fleet(
         FleetConfig(
             webhook_url=f"{api_server.url}/webhook",
@@ -95,7 +95,7 @@ async def e2e(
         )
     )
     await fleet.start()
-    sim_server = LocalServer(create_sim_app(fleet))
+    sim_server = RestartableServer(create_sim_app(fleet))
     mdm = NanoMdmClient(sim_server.url, SIM_KEY)
     async with api_server, sim_server:
         worker = build_worker(services, mdm)

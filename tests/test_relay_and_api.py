@@ -20,6 +20,7 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
+from bench.servers import RestartableServer
 from mdmflow import metrics
 from protocol import plist
 from relay.events import EVENTS
@@ -27,7 +28,6 @@ from relay.hmac_check import sign
 from starter.api import create_app
 from starter.deps import Services
 from tests.conftest import FIXTURES
-from tests.servers import LocalServer
 from tests.workflow_harness import RecordingInventory, RecordingMdm, enrollment
 from worker import PASSTHROUGH
 from workflows.catalog import ALL_WORKFLOWS
@@ -87,7 +87,7 @@ async def stack(dev_client: Client, store_engine: AsyncEngine) -> AsyncIterator[
     services = Services.create(dev_client, store_engine, queue, bytes(32))
     app = create_app(services, API_KEY, HMAC_KEY)
     async with (
-        LocalServer(app) as server,
+        RestartableServer(app) as server,
         Worker(
             dev_client,
             task_queue=queue,
