@@ -69,21 +69,26 @@ def _summary(results: dict[str, dict[str, Any]]) -> list[tuple[str, str]]:
         rows += [
             (f"fleet of {f['devices']}: seconds", f"{f['seconds']}"),
             ("fleet devices/s", f"{f['devices_per_s']}"),
-            ("fleet peak RSS MiB worker / relay", f"{f['peak_rss_mib']['worker']} / "
-             f"{f['peak_rss_mib']['relay']}"),
+            (
+                "fleet peak RSS MiB worker / relay",
+                f"{f['peak_rss_mib']['worker']} / {f['peak_rss_mib']['relay']}",
+            ),
             ("fleet largest history (events)", f"{f['largest_history_events']}"),
         ]
     if st := results.get("settings"):
         for name, c in st["configs"].items():
             rows.append(
-                (f"settings: {name}", f"floor {c['floor_wf_per_s']}, mdmflow "
-                 f"{c['mdmflow_wf_per_s']}, ratio {c['ratio']}")
+                (
+                    f"settings: {name}",
+                    f"floor {c['floor_wf_per_s']}, mdmflow "
+                    f"{c['mdmflow_wf_per_s']}, ratio {c['ratio']}",
+                )
             )
     return rows
 
 
 async def main_async(args: argparse.Namespace) -> int:
-    from bench.report import machine, write
+    from bench.report import RESULTS, machine, write
 
     write("machine", machine())
     results: dict[str, dict[str, Any]] = {}
@@ -104,10 +109,11 @@ async def main_async(args: argparse.Namespace) -> int:
         print(f"   done in {results[name]['wall_seconds']}s -> {path.relative_to(ROOT)}")
     rows = _summary(results)
     width = max((len(k) for k, _ in rows), default=10)
-    print("\n" + "figure".ljust(width) + " | value")
-    print("-" * width + "-+-" + "-" * 40)
-    for key, value in rows:
-        print(key.ljust(width) + " | " + value)
+    table = ["figure".ljust(width) + " | value", "-" * width + "-+-" + "-" * 40]
+    table += [key.ljust(width) + " | " + value for key, value in rows]
+    print("\n" + "\n".join(table))
+    if not args.only:  # a partial run would leave the file half stale
+        (RESULTS / "summary.txt").write_text("\n".join(table) + "\n")
     if failed:
         print(f"\nfailed: {', '.join(failed)}")
     return 1 if failed else 0

@@ -31,6 +31,17 @@ def read_or_create(path: Path, make: Callable[[], str]) -> str:
                 os.link(tmp, path)
             except FileExistsError:
                 pass
+            except OSError:  # no hard links here: exclusive create (no half-write guard)
+                _create_exclusive(path, tmp.read_text())
         finally:
             tmp.unlink()
     return path.read_text().strip()
+
+
+def _create_exclusive(path: Path, content: str) -> None:
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return
+    with os.fdopen(fd, "w") as f:
+        f.write(content)

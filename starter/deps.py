@@ -101,4 +101,6 @@ def one_of(values: Iterable[str]) -> dict[str, JsonValue]:
     """OpenAPI ``enum`` for a string the handler checks itself (for a clearer 400)."""
     choices: list[JsonValue] = [*values]
     return {"enum": choices}
+
+
 ServicesDep = Annotated[Services, Depends(services)]

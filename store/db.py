@@ -197,6 +197,9 @@ def _sqlite_pragmas(dbapi_conn: DBAPIConnection, _record: ConnectionPoolEntry) -
     cur.close()
 
 
+_SCHEMA_ATTEMPTS = 8
+
+
 async def open_engine(url: str) -> AsyncEngine:
     """Create the engine and make sure the schema exists.
 
@@ -221,9 +224,6 @@ async def open_engine(url: str) -> AsyncEngine:
         await engine.dispose()
         raise
     return engine
-
-
-_SCHEMA_ATTEMPTS = 8
 
 
 async def _ensure_schema(engine: AsyncEngine) -> None:

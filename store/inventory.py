@@ -49,8 +49,8 @@ class InventoryStore:
     async def log_device_information(
         self, enrollment_id: str, command_uuid: str, query_responses: dict[str, Any]
     ) -> None:
-        # A plain INSERT, once per command: a retried write (an activity runs at least
-        # once) finds the entry there and changes nothing.
+        # One entry per command: a retried write (an activity runs at least once) finds
+        # it there and the INSERT does nothing.
         dialect_insert = pg_insert if self._engine.dialect.name == "postgresql" else sqlite_insert
         statement = dialect_insert(DeviceInfoLogRow).on_conflict_do_nothing(
             index_elements=["enrollment_id", "command_uuid"]

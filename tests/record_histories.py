@@ -11,6 +11,7 @@ import asyncio
 import uuid
 from pathlib import Path
 
+from temporalio.client import WorkflowHistory
 from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
@@ -20,6 +21,7 @@ from tests.conftest import start_time_skipping
 from tests.workflow_harness import RecordingInventory, RecordingMdm, enrollment, report
 from worker import PASSTHROUGH
 from workflows.catalog import ALL_WORKFLOWS
+from workflows.command_response import CommandResponseInput
 from workflows.devinfolog import DevInfoLogWorkflow
 from workflows.inventory import InventoryWorkflow
 from workflows.lock import LockWorkflow
@@ -28,6 +30,15 @@ from workflows.models import ENGINE_REVISION, RunResult, WorkflowInput
 OUT = Path(__file__).parent / "histories"
 DEVINFO = {"QueryResponses": {"SerialNumber": "C02XYZ", "Model": "Mac16,10"}}
 SECINFO = {"SecurityInfo": {"FDE_Enabled": True, "SystemIntegrityProtectionEnabled": True}}
+
+
+def save(scenario: str, history: WorkflowHistory) -> None:
+    path = OUT / f"v{__version__}-{scenario}.json"
+    if path.exists():  # histories of earlier code are kept as they were
+        print("kept", path)
+        return
+    path.write_text(history.to_json())
+    print("recorded", path)
 
 
 async def main() -> None:
@@ -65,13 +76,7 @@ async def main() -> None:
                     report(eid, step.commands[index].command_uuid, request_type, status, **body),
                 )
             await handle.result()
-            history = await handle.fetch_history()
-            path = OUT / f"v{__version__}-{scenario}.json"
-            if path.exists():  # histories of earlier code are kept as they were
-                print("kept", path)
-                return
-            path.write_text(history.to_json())
-            print("recorded", path)
+            save(scenario, await handle.fetch_history())
 
         await run(
             InventoryWorkflow.NAME,
@@ -98,6 +103,26 @@ async def main() -> None:
             [(0, "DeviceLock", "NotNow", {}), (0, "DeviceLock", "Acknowledged", {})],
         )
         await run(LockWorkflow.NAME, "lock-error", [(0, "DeviceLock", "Error", {})])
+
+        async def command_response(scenario: str, revision: int) -> None:
+            """A foreign SecurityInfo answer handed to the inventory (AllCommandResponse)."""
+            eid = enrollment()
+            handle = await env.client.start_workflow(
+                "mdmflow.command_response.v1",
+                CommandResponseInput(
+                    subscriber=InventoryWorkflow.NAME,
+                    report=report(eid, "foreign-uuid", "SecurityInfo", **SECINFO),
+                    revision=revision,
+                ),
+                id=f"acr/inv/{eid}/foreign-uuid/Acknowledged",
+                task_queue=queue,
+            )
+            await handle.result()
+            save(scenario, await handle.fetch_history())
+
+        # revision 1: the path of runs started by v0.1 (a regular activity)
+        await command_response("command-response-revision1", 1)
+        await command_response("command-response", ENGINE_REVISION)
     await env.shutdown()
 
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import pytest
-from temporalio.client import WorkflowFailureError, WorkflowHandle
+from temporalio.client import WorkflowExecutionStatus, WorkflowFailureError, WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
@@ -215,3 +216,29 @@ async def test_permanent_enqueue_error_fails_the_workflow_clearly(harness: Harne
         await handle.result()
     assert "did not take the commands" in str(info.value.cause)
     assert "401" in str(info.value.cause)
+
+
+async def test_a_run_from_a_newer_revision_waits_for_an_upgraded_worker(
+    harness: Harness,
+) -> None:
+    """An old worker must not record history the new code could not replay."""
+    eid = enrollment()
+    handle = await harness.env.client.start_workflow(
+        DevInfoLogWorkflow.NAME,
+        WorkflowInput(enrollment_id=eid, instance_id="i", revision=ENGINE_REVISION + 1),
+        id=routing.workflow_id(DevInfoLogWorkflow.NAME, eid),
+        task_queue=harness.queue,
+        result_type=RunResult,
+    )
+    failure = ""
+    for _ in range(100):
+        async for event in handle.fetch_history_events():
+            if event.HasField("workflow_task_failed_event_attributes"):
+                failure = event.workflow_task_failed_event_attributes.failure.message
+        if failure:
+            break
+        await asyncio.sleep(0.05)
+    assert "upgrade the worker" in failure
+    assert (await handle.describe()).status == WorkflowExecutionStatus.RUNNING
+    assert harness.mdm.sent == []  # nothing reached the device
+    await handle.terminate("test done")

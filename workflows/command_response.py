@@ -13,6 +13,7 @@ with workflow.unsafe.imports_passed_through():
     from pydantic import BaseModel
 
     from protocol.results import CommandReport
+    from workflows.models import check_revision
     from workflows.registry import BY_NAME
 
 
@@ -26,6 +27,7 @@ class CommandResponseInput(BaseModel):
 class CommandResponseWorkflow:
     @workflow.run
     async def run(self, inp: CommandResponseInput) -> str:
+        check_revision(inp.revision)
         subscriber = BY_NAME.get(inp.subscriber)
         if subscriber is None or not subscriber.ALL_COMMAND_RESPONSE_TYPES:
             return f"no subscriber {inp.subscriber!r}"

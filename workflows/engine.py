@@ -45,6 +45,7 @@ with workflow.unsafe.imports_passed_through():
         StepOutcome,
         StepRecord,
         WorkflowInput,
+        check_revision,
     )
 
 ENGINE_DEFAULT_STEP_TIMEOUT = timedelta(hours=72)
@@ -98,6 +99,7 @@ class MdmWorkflow:
 
     def begin(self, inp: WorkflowInput) -> None:
         """Record who this run is for; call first in ``run``."""
+        check_revision(inp.revision)
         self._input = inp
         self._state.workflow_name = self.NAME
         self._state.enrollment_id = inp.enrollment_id

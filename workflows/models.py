@@ -22,6 +22,24 @@ from protocol.results import CommandReport
 ENGINE_REVISION = 2
 
 
+class RevisionTooNew(RuntimeError):
+    """A run started under a newer engine revision reached an older worker.
+
+    Raised from workflow code it fails the workflow *task*, not the run: the task is
+    retried until an upgraded worker takes it, so an old worker never records history
+    that the new code could not replay. (Workers from before revisions existed cannot
+    check this: upgrade every worker before the API and relay when leaving v0.1.)
+    """
+
+
+def check_revision(revision: int) -> None:
+    if revision > ENGINE_REVISION:
+        raise RevisionTooNew(
+            f"this run was started under engine revision {revision}; this worker runs "
+            f"revision {ENGINE_REVISION}: upgrade the worker"
+        )
+
+
 class WorkflowInput(BaseModel):
     enrollment_id: str
     instance_id: str

@@ -2,9 +2,11 @@
 
 These writes are short database calls on the worker's own store, so they run as local
 activities: the result is recorded as one marker in the same workflow task instead of a
-scheduled/started/completed activity and another workflow task. That is about a third
-of a one-step run's history and server work. A write that fails is retried like any
-activity; runs started under engine revision 1 keep their recorded regular activity.
+scheduled/started/completed activity and another workflow task (a one-step run: 25 → 20
+history events, about a tenth less server CPU). A write that fails is retried like any
+activity. A local activity runs again when its workflow task is retried, so every write
+here must be repeatable. Runs started under engine revision 1 keep their recorded
+regular activity.
 """
 
 from __future__ import annotations
