@@ -212,13 +212,16 @@ async def open_engine(url: str) -> AsyncEngine:
     engine = create_async_engine(url, pool_pre_ping=not url.startswith("sqlite"))
     if engine.dialect.name == "sqlite":
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
-    for attempt in range(1, _SCHEMA_ATTEMPTS):
-        try:
-            await _ensure_schema(engine)
-            return engine
-        except DBAPIError:
-            await asyncio.sleep(random.uniform(0.05, 0.2) * attempt)
     try:
+        # a wrong URL, password or database fails here, at once, with the driver's message
+        async with engine.connect():
+            pass
+        for attempt in range(1, _SCHEMA_ATTEMPTS):
+            try:
+                await _ensure_schema(engine)
+                return engine
+            except DBAPIError:
+                await asyncio.sleep(random.uniform(0.05, 0.2) * attempt)
         await _ensure_schema(engine)
     except BaseException:
         await engine.dispose()

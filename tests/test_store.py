@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
+import pytest
 from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 
 from store.db import SCHEMA_VERSION, normalise_url, open_engine
 from store.inventory import InventoryStore
+from tests.conftest import PG_ADMIN
 
 
 async def test_inventory_merges_values_and_hides_secrets(db_url: str) -> None:
@@ -87,3 +91,11 @@ async def test_a_version_3_database_is_migrated_and_keeps_its_first_entries(db_u
         version = (await conn.execute(text("SELECT version FROM schema_version"))).all()
     assert version == [(SCHEMA_VERSION,)]
     await asyncio.gather(*(e.dispose() for e in engines))
+
+
+async def test_a_database_that_cannot_be_reached_fails_at_once() -> None:
+    """A wrong URL is reported in well under the schema-race retries' few seconds."""
+    started = time.monotonic()
+    with pytest.raises(DBAPIError, match="does not exist"):
+        await open_engine(PG_ADMIN.rsplit("/", 1)[0] + "/mdmflow_no_such_database")
+    assert time.monotonic() - started < 2
