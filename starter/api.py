@@ -89,6 +89,11 @@ def create_app(
 
     @app.exception_handler(RPCError)
     async def temporal_error(_r: Request, exc: RPCError) -> JSONResponse:
+        if exc.status == RPCStatusCode.INVALID_ARGUMENT:  # the request, not Temporal, is wrong
+            log.info("Temporal refused a request: %s", exc.message)
+            return JSONResponse(
+                {"error": f"Temporal refused the request: {exc.message}"}, status_code=400
+            )
         log.error("Temporal error: %s", exc)
         return JSONResponse({"error": f"Temporal: {exc.message}"}, status_code=503)
 

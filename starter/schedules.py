@@ -27,6 +27,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from activities.models import StartRequest
 from starter.deps import one_of
+from starter.starting import StartError, validate_ids
 from workflows.registry import BY_NAME
 
 PREFIX = "mdmflow/"
@@ -55,6 +56,13 @@ def _schedule(name: str, req: ScheduleRequest, task_queue: str) -> Schedule:
         raise ScheduleError(f"unknown workflow {req.workflow!r}")
     if (req.every_seconds is None) == (req.cron is None):
         raise ScheduleError("give exactly one of every_seconds and cron")
+    if req.cron is not None and not req.cron.strip():
+        raise ScheduleError("cron is empty")
+    if req.ids is not None:
+        try:
+            validate_ids(req.ids)
+        except StartError as exc:  # refused now, not at every firing
+            raise ScheduleError(str(exc)) from exc
     spec = (
         ScheduleSpec(intervals=[ScheduleIntervalSpec(every=timedelta(seconds=req.every_seconds))])
         if req.every_seconds is not None
@@ -77,18 +85,23 @@ def _schedule(name: str, req: ScheduleRequest, task_queue: str) -> Schedule:
 async def put(client: Client, task_queue: str, name: str, req: ScheduleRequest) -> None:
     schedule = _schedule(name, req, task_queue)
     handle = client.get_schedule_handle(PREFIX + name)
-    try:
-        await handle.describe()
-    except RPCError as exc:
-        if exc.status != RPCStatusCode.NOT_FOUND:
-            raise
-        await client.create_schedule(PREFIX + name, schedule)
-        return
 
     def replace(_input: ScheduleUpdateInput) -> ScheduleUpdate:
         return ScheduleUpdate(schedule=schedule)
 
-    await handle.update(replace)
+    try:
+        try:
+            await handle.describe()
+        except RPCError as exc:
+            if exc.status != RPCStatusCode.NOT_FOUND:
+                raise
+            await client.create_schedule(PREFIX + name, schedule)
+            return
+        await handle.update(replace)
+    except RPCError as exc:
+        if exc.status == RPCStatusCode.INVALID_ARGUMENT:  # e.g. a cron Temporal cannot read
+            raise ScheduleError(f"Temporal refused the schedule: {exc.message}") from exc
+        raise
 
 
 async def _handle(client: Client, name: str) -> ScheduleHandle:

@@ -188,6 +188,14 @@ async def test_schedule_fires_on_time_and_can_be_paused_and_deleted(e2e: E2E) ->
         assert (await e2e.api.get("/v1/schedule/every2s")).json()["paused"] is True
         bad = await e2e.api.put("/v1/schedule/x", json={"workflow": DEVINFOLOG})
         assert bad.status_code == 400 and "every_seconds" in bad.json()["error"]
+        for body, says in [
+            ({"cron": "not a cron"}, "Temporal refused the schedule"),
+            ({"cron": " "}, "cron is empty"),
+            ({"every_seconds": 60, "ids": [""]}, "invalid enrollment ID"),
+        ]:
+            bad = await e2e.api.put("/v1/schedule/x", json={"workflow": DEVINFOLOG, **body})
+            assert bad.status_code == 400 and says in bad.json()["error"], bad.text
+        assert (await e2e.api.get("/v1/schedule/x")).status_code == 404  # nothing was made
     finally:
         assert (await e2e.api.delete("/v1/schedule/every2s")).status_code == 204
     assert (await e2e.api.get("/v1/schedule/every2s")).status_code == 404
