@@ -90,18 +90,14 @@ async def put(client: Client, task_queue: str, name: str, req: ScheduleRequest) 
         return ScheduleUpdate(schedule=schedule)
 
     try:
-        try:
-            await handle.describe()
-        except RPCError as exc:
-            if exc.status != RPCStatusCode.NOT_FOUND:
-                raise
-            await client.create_schedule(PREFIX + name, schedule)
-            return
-        await handle.update(replace)
+        await handle.describe()
     except RPCError as exc:
-        if exc.status == RPCStatusCode.INVALID_ARGUMENT:  # e.g. a cron Temporal cannot read
-            raise ScheduleError(f"Temporal refused the schedule: {exc.message}") from exc
-        raise
+        if exc.status != RPCStatusCode.NOT_FOUND:
+            raise
+        # a spec Temporal cannot read (a bad cron) is INVALID_ARGUMENT: the API answers 400
+        await client.create_schedule(PREFIX + name, schedule)
+        return
+    await handle.update(replace)
 
 
 async def _handle(client: Client, name: str) -> ScheduleHandle:

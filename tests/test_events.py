@@ -189,7 +189,7 @@ async def test_schedule_fires_on_time_and_can_be_paused_and_deleted(e2e: E2E) ->
         bad = await e2e.api.put("/v1/schedule/x", json={"workflow": DEVINFOLOG})
         assert bad.status_code == 400 and "every_seconds" in bad.json()["error"]
         for body, says in [
-            ({"cron": "not a cron"}, "Temporal refused the schedule"),
+            ({"cron": "not a cron"}, "Temporal refused the request"),
             ({"cron": " "}, "cron is empty"),
             ({"every_seconds": 60, "ids": [""]}, "invalid enrollment ID"),
         ]:
