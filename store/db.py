@@ -43,6 +43,7 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         "(SELECT MIN(id) FROM devinfo_log GROUP BY enrollment_id, command_uuid)",
         "CREATE UNIQUE INDEX IF NOT EXISTS ux_devinfo_log_command "
         "ON devinfo_log (enrollment_id, command_uuid)",
+        "DROP INDEX IF EXISTS ix_devinfo_log_enrollment_id",  # the new index leads with it
     ),
 }
 
@@ -66,12 +67,13 @@ class InventoryRow(Base):
 
 class DeviceInfoLogRow(Base):
     __tablename__ = "devinfo_log"
-    # one entry per command however often the write is retried (see MIGRATIONS[4])
+    # one entry per command however often the write is retried (see MIGRATIONS[4]); it
+    # also serves the per-enrollment look-ups
     __table_args__ = (
         Index("ux_devinfo_log_command", "enrollment_id", "command_uuid", unique=True),
     )
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    enrollment_id: Mapped[str] = mapped_column(String(255), index=True)
+    enrollment_id: Mapped[str] = mapped_column(String(255))
     command_uuid: Mapped[str] = mapped_column(String(127))
     query_responses: Mapped[dict[str, object]] = mapped_column(JSON)
     created: Mapped[datetime] = mapped_column(DateTime(timezone=True))

@@ -7,7 +7,7 @@ import json
 import time
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import inspect, text
 from sqlalchemy.exc import DBAPIError
 
 from store.db import SCHEMA_VERSION, normalise_url, open_engine
@@ -44,7 +44,9 @@ async def test_processes_opening_a_new_database_at_once_all_succeed(db_url: str)
     engines = await asyncio.gather(*(open_engine(db_url) for _ in range(6)))
     async with engines[0].connect() as conn:
         version = (await conn.execute(text("SELECT version FROM schema_version"))).all()
+        indexes = await conn.run_sync(lambda c: inspect(c).get_indexes("devinfo_log"))
     assert version == [(SCHEMA_VERSION,)]
+    assert [i["name"] for i in indexes] == ["ux_devinfo_log_command"]  # v3's is dropped
     await asyncio.gather(*(e.dispose() for e in engines))
 
 
@@ -70,6 +72,9 @@ async def test_a_version_3_database_is_migrated_and_keeps_its_first_entries(db_u
     engine = await open_engine(db_url)
     async with engine.begin() as conn:  # the v3 layout: no unique index, duplicates logged
         await conn.execute(text("DROP INDEX ux_devinfo_log_command"))
+        await conn.execute(
+            text("CREATE INDEX ix_devinfo_log_enrollment_id ON devinfo_log (enrollment_id)")
+        )
         await conn.execute(text("UPDATE schema_version SET version = 3"))
         for serial in ("first", "again"):
             await conn.execute(
