@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import os
-import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
-from mdmflow.secret_file import read_or_create
+from mdmflow.secret_file import new_token, read_or_create
 
 
 def _env(name: str, default: str | None = None) -> str | None:
@@ -40,7 +39,7 @@ def api_key_from(var_dir: Path) -> str:
     explicit = _env("MDMFLOW_API_KEY")
     if explicit:
         return explicit
-    return read_or_create(var_dir / "api_key", lambda: secrets.token_urlsafe(24))
+    return read_or_create(var_dir / "api_key", new_token)
 
 
 def load() -> Settings:

@@ -12,6 +12,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 
+def new_token() -> str:
+    """A random secret for keys a person may have to type (API keys, HMAC keys)."""
+    return secrets.token_urlsafe(24)
+
+
 def read_or_create(path: Path, make: Callable[[], str]) -> str:
     """The file's value, or a new one from ``make`` written there (mode 0600) first.
 

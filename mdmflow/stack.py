@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import secrets
 import signal
 import subprocess
 import sys
@@ -18,14 +17,10 @@ import time
 import httpx
 
 from mdmflow import config
-from mdmflow.secret_file import read_or_create
+from mdmflow.secret_file import new_token, read_or_create
 from mdmflow.temporal_server import DevServer, port_open
 
 log = logging.getLogger("mdmflow.stack")
-
-
-def _token() -> str:
-    return secrets.token_urlsafe(24)
 
 
 def _wait_http(url: str, timeout: float, proc: subprocess.Popen[bytes]) -> None:
@@ -82,8 +77,10 @@ class Stack:
         sim_args: list[str] | None = None
         if not s.mdm_url:
             sim_port = os.environ.get("MDMFLOW_SIM_PORT", "9000")
-            sim_key = read_or_create(s.var_dir / "simulator_api_key", _token)
-            hmac_key = s.webhook_hmac_key or read_or_create(s.var_dir / "webhook_hmac_key", _token)
+            sim_key = read_or_create(s.var_dir / "simulator_api_key", new_token)
+            hmac_key = s.webhook_hmac_key or read_or_create(
+                s.var_dir / "webhook_hmac_key", new_token
+            )
             self.env.update(
                 MDMFLOW_MDM_URL=f"http://127.0.0.1:{sim_port}",
                 MDMFLOW_MDM_KIND="nanomdm",
