@@ -73,9 +73,14 @@ async def run_worker() -> None:
         raise SystemExit("MDMFLOW_MDM_URL is not set: the worker needs an MDM server to talk to")
     client = await connect(settings.temporal_address, settings.temporal_namespace)
     engine = await open_engine(settings.db_url)
-    mdm = make_client(settings.mdm_kind, settings.mdm_url, settings.mdm_api_key)
     services = Services.create(
         client, engine, settings.task_queue, load_master_key(settings.var_dir)
+    )
+    mdm = make_client(
+        settings.mdm_kind,
+        settings.mdm_url,
+        settings.mdm_api_key,
+        addresses=services.register.mdm_address,
     )
     worker = build_worker(services, mdm)
     log.info(

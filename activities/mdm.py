@@ -7,14 +7,23 @@ workflow and the Web UI.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Awaitable
+from typing import TypeVar
 
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.fills import CommandFiller, FillError
-from activities.mdm_server import MdmServerClient, PermanentMdmError
+from activities.mdm_server import (
+    MdmServerClient,
+    PermanentMdmError,
+    TransientMdmError,
+    UncertainMdmError,
+)
 from activities.models import (
+    SEND_MAX_ATTEMPTS,
     PushInput,
     PushResult,
     QueuedCommand,
@@ -23,6 +32,12 @@ from activities.models import (
 )
 
 log = logging.getLogger("mdmflow.activities")
+
+T = TypeVar("T")
+# What a send attempt heartbeats per CommandUUID, for the next attempt to read back.
+QUEUED, UNCERTAIN = "queued", "uncertain"
+# Well inside the engine's 10 s heartbeat timeout.
+HEARTBEAT_EVERY = 2.0
 
 
 class MdmActivities:
@@ -40,31 +55,72 @@ class MdmActivities:
 
     @activity.defn(name="mdm.send_step")
     async def send_step(self, inp: SendStepInput) -> SendStepResult:
-        """Enqueue every command, pushing once for the whole step.
+        """Enqueue every command, pushing once for the whole step; never post a UUID twice.
 
         All but the last command go with ``nopush``; the last one carries the push, so a
-        step costs one request per command. Idempotent: on a retry, commands already
-        queued come back as duplicates, and then the push is sent on its own.
+        step costs one request per command. What was accepted is heartbeated, and a
+        retried attempt reads it back and posts only the rest: MicroMDM queues every
+        copy of a CommandUUID it is sent, so a second post would run the command twice.
+        A failed push is a push error in the result, never a reason to retry. The last
+        attempt returns what it could not send instead of raising, and the step sends
+        it again at its next re-push.
         """
+        info = activity.info()
+        done: dict[str, str] = {}
+        if info.heartbeat_details:
+            done = dict(info.heartbeat_details[0])
+        final_attempt = info.attempt >= SEND_MAX_ATTEMPTS
         result = SendStepResult()
+        unsure = set(inp.unsure)
+        pending: list[QueuedCommand] = []
+        for qc in inp.commands:
+            uuid = qc.command_uuid
+            if done.get(uuid) == QUEUED:
+                result.already_queued.append(uuid)
+            elif done.get(uuid) == UNCERTAIN or (
+                uuid in unsure and not self._client.deduplicates and not qc.command.read_only
+            ):
+                result.uncertain.append(uuid)
+            else:
+                pending.append(qc)
         try:
+            await self._client.check_enrolled([inp.enrollment_id])
             pushed = False
-            for i, qc in enumerate(inp.commands):
-                if i:  # a long step shows it is alive; a one-command step needs no RPC for it
-                    activity.heartbeat(inp.commands[i - 1].command_uuid)
+            for i, qc in enumerate(pending):
                 body = await self._render(inp.enrollment_id, qc)
-                with_push = inp.push and i == len(inp.commands) - 1
-                outcome = await self._client.enqueue(
-                    [inp.enrollment_id], qc.command_uuid, body, push=with_push
-                )
-                if outcome.already_queued:
+                with_push = inp.push and i == len(pending) - 1
+                try:
+                    outcome = await self._heartbeating(
+                        self._client.enqueue(
+                            [inp.enrollment_id], qc.command_uuid, body, push=with_push
+                        ),
+                        done,
+                    )
+                except UncertainMdmError as exc:
+                    if self._client.deduplicates and not final_attempt:
+                        raise
+                    done[qc.command_uuid] = UNCERTAIN
+                    result.uncertain.append(qc.command_uuid)
+                    result.send_error = str(exc)
+                    activity.heartbeat(done)
+                    continue
+                except TransientMdmError as exc:
+                    if not final_attempt:
+                        raise
+                    result.unsent = [q.command_uuid for q in pending[i:]]
+                    result.send_error = str(exc)
+                    break
+                done[qc.command_uuid] = QUEUED
+                if outcome.already_queued:  # NanoMDM does not push for a refused UUID
                     result.already_queued.append(qc.command_uuid)
-                    log.info("already queued %s for %s", qc.command_uuid, inp.enrollment_id)
                 else:
                     result.queued.append(qc.command_uuid)
-                    pushed = with_push
-                    result.push_error = outcome.push_error if with_push else None
-            if inp.push and not pushed:
+                    if with_push:
+                        pushed = True
+                        result.push_error = outcome.push_error
+                if i < len(pending) - 1:  # a one-command step needs no heartbeat RPC
+                    activity.heartbeat(done)
+            if inp.push and not pushed and len(result.unsent) < len(inp.commands):
                 result.push_error = await self._client.push([inp.enrollment_id])
         except PermanentMdmError as exc:
             raise ApplicationError(str(exc), type="MdmPermanentError", non_retryable=True) from exc
@@ -72,12 +128,33 @@ class MdmActivities:
             raise ApplicationError(str(exc), type="FillError", non_retryable=True) from exc
         if result.push_error:
             log.warning("push to %s failed: %s", inp.enrollment_id, result.push_error)
+        if result.send_error:
+            log.warning("send to %s incomplete: %s", inp.enrollment_id, result.send_error)
         log.info(
-            "enqueued %d command(s) for %s",
+            "enqueued %d of %d command(s) for %s",
+            len(result.queued),
             len(inp.commands),
             inp.enrollment_id,
         )
         return result
+
+    @staticmethod
+    async def _heartbeating(request: Awaitable[T], done: dict[str, str]) -> T:
+        """Await ``request``, heartbeating while it takes long.
+
+        Without this a slow MDM server outlives the heartbeat timeout and Temporal starts
+        a second attempt while the first one's request is still on its way.
+        """
+        task = asyncio.ensure_future(request)
+        try:
+            while True:
+                finished, _ = await asyncio.wait({task}, timeout=HEARTBEAT_EVERY)
+                if finished:
+                    return task.result()
+                activity.heartbeat(done)
+        finally:
+            if not task.done():
+                task.cancel()
 
     @activity.defn(name="mdm.push")
     async def push(self, inp: PushInput) -> PushResult:

@@ -9,7 +9,7 @@ dropped enqueue errors; here they reach the workflow.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import quote
@@ -34,6 +34,18 @@ class TransientMdmError(MdmError):
     """The server could not take the request now; retrying may help."""
 
 
+class UncertainMdmError(TransientMdmError):
+    """The request went out but its answer was lost: the command may be queued.
+
+    Harmless to retry on a server that refuses a CommandUUID it holds (NanoMDM); on one
+    that queues every copy (MicroMDM) a retry could run the command twice.
+    """
+
+
+# Looks up the address an MDM server keys an enrollment by (None: not recorded).
+AddressBook = Callable[[str], Awaitable[str | None]]
+
+
 @dataclass
 class EnqueueOutcome:
     queued: list[str] = field(default_factory=list)
@@ -42,6 +54,21 @@ class EnqueueOutcome:
 
 
 class MdmServerClient(Protocol):
+    """What the send activity needs from an MDM server.
+
+    ``enqueue`` reports push failures in ``push_error`` and ``push`` returns them as
+    text: a push never raises for a failed notification, so a failed push can never
+    make a retry post the commands again.
+    """
+
+    # True when the server refuses a CommandUUID it already holds (NanoMDM), so posting
+    # one again is harmless; False when every post queues another copy (MicroMDM).
+    deduplicates: bool
+
+    async def check_enrolled(self, ids: Sequence[str]) -> None:
+        """Raise :class:`PermanentMdmError` for an enrollment the server cannot reach."""
+        ...
+
     async def enqueue(
         self, ids: Sequence[str], command_uuid: str, body: bytes, *, push: bool
     ) -> EnqueueOutcome: ...
@@ -64,6 +91,8 @@ def _is_unknown_enrollment(error: str) -> bool:
 class NanoMdmClient:
     """NanoMDM's ``/v1/enqueue`` and ``/v1/push`` API (HTTP Basic ``nanomdm:<key>``)."""
 
+    deduplicates = True
+
     def __init__(self, base_url: str, api_key: str, *, timeout: float = 30.0) -> None:
         self._http = httpx.AsyncClient(
             base_url=base_url.rstrip("/"),
@@ -74,6 +103,9 @@ class NanoMdmClient:
 
     async def aclose(self) -> None:
         await self._http.aclose()
+
+    async def check_enrolled(self, ids: Sequence[str]) -> None:
+        """Nothing to ask: NanoMDM's enqueue itself refuses an unknown enrollment."""
 
     async def _request(self, method: str, path: str, **kw: Any) -> httpx.Response:
         try:
@@ -152,9 +184,13 @@ class NanoMdmClient:
         errors: list[str] = []
         for start in range(0, len(ids), ENQUEUE_CHUNK):
             chunk = ids[start : start + ENQUEUE_CHUNK]
-            resp = await self._request(
-                "GET", "/v1/push/" + ",".join(quote(i, safe="") for i in chunk)
-            )
+            try:
+                resp = await self._http.get(
+                    "/v1/push/" + ",".join(quote(i, safe="") for i in chunk)
+                )
+            except httpx.HTTPError as exc:
+                errors.append(f"push failed, MDM server unreachable ({exc!r})")
+                continue
             if resp.status_code == 401:
                 raise PermanentMdmError("MDM server rejected the API key (401) on push")
             try:
@@ -172,63 +208,179 @@ class NanoMdmClient:
 
 
 class MicroMdmClient:
-    """MicroMDM's ``/v1/commands`` and ``/v1/push`` API (HTTP Basic ``micromdm:<key>``).
+    """MicroMDM's ``/v1/commands``, ``/v1/push`` and ``/v1/devices`` API (Basic ``micromdm:<key>``).
 
-    One ID per call; a user channel is addressed by its bare UserID.
+    MicroMDM differs from NanoMDM where it matters for safety: it queues a CommandUUID
+    again every time it is posted (no duplicate check), answers 201 for any UDID, and its
+    raw-command endpoint does not push. So this client never re-posts on its own, reports
+    a request whose answer was lost as :class:`UncertainMdmError`, checks enrollments
+    against the device list, and turns every push failure into a push error.
     """
 
-    def __init__(self, base_url: str, api_key: str, *, timeout: float = 30.0) -> None:
+    deduplicates = False
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str,
+        *,
+        timeout: float = 30.0,
+        addresses: AddressBook | None = None,
+    ) -> None:
         self._http = httpx.AsyncClient(
             base_url=base_url.rstrip("/"), auth=("micromdm", api_key), timeout=timeout
         )
+        self._addresses = addresses
 
     async def aclose(self) -> None:
         await self._http.aclose()
 
-    @staticmethod
-    def _target(enrollment_id: str) -> str:
-        return enrollment_id.split(":", 1)[1] if ":" in enrollment_id else enrollment_id
+    async def _target(self, enrollment_id: str) -> str:
+        """The ID MicroMDM keys this enrollment by (see :func:`micromdm_address`)."""
+        if self._addresses is not None:
+            known = await self._addresses(enrollment_id)
+            if known:
+                return known
+        return micromdm_address(enrollment_id)
+
+    async def check_enrolled(self, ids: Sequence[str]) -> None:
+        """Refuse enrollments MicroMDM does not list as enrolled.
+
+        MicroMDM answers 201 to a command for any UDID, so an unknown or checked-out
+        device would otherwise wait out the whole step timeout.
+        """
+        devices = {micromdm_device(i): i for i in ids}
+        try:
+            resp = await self._http.post(
+                "/v1/devices", json={"filter_udid": sorted(devices)}
+            )
+        except httpx.HTTPError as exc:
+            raise TransientMdmError(f"MicroMDM unreachable: {exc!r}") from exc
+        if resp.status_code == 401:
+            raise PermanentMdmError(_MICROMDM_BAD_KEY)
+        if resp.status_code in (404, 405):
+            log.warning("MicroMDM has no device list (POST /v1/devices: %d)", resp.status_code)
+            return
+        if resp.status_code >= 300:
+            raise TransientMdmError(
+                f"MicroMDM device list answered {resp.status_code}: {_server_error(resp)}"
+            )
+        try:
+            listed = resp.json().get("devices") or []
+        except (ValueError, AttributeError) as exc:
+            raise TransientMdmError(f"MicroMDM device list is not JSON: {exc}") from exc
+        enrolled = {
+            str(d.get("udid")): bool(d.get("enrolled")) for d in listed if isinstance(d, dict)
+        }
+        for udid, enrollment in sorted(devices.items()):
+            if udid not in enrolled:
+                raise PermanentMdmError(
+                    f"MicroMDM does not know device {udid!r} (enrollment {enrollment!r}): "
+                    "it is not in MicroMDM's device list"
+                )
+            if not enrolled[udid]:
+                raise PermanentMdmError(
+                    f"device {udid!r} is not enrolled in MicroMDM (checked out): "
+                    f"nothing can reach enrollment {enrollment!r}"
+                )
 
     async def enqueue(
         self, ids: Sequence[str], command_uuid: str, body: bytes, *, push: bool
     ) -> EnqueueOutcome:
         outcome = EnqueueOutcome()
         for enrollment in ids:
+            target = quote(await self._target(enrollment), safe="")
             try:
-                resp = await self._http.post(
-                    f"/v1/commands/{quote(self._target(enrollment), safe='')}", content=body
-                )
+                resp = await self._http.post(f"/v1/commands/{target}", content=body)
+            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+                raise TransientMdmError(f"MicroMDM unreachable: {exc!r}") from exc
             except httpx.HTTPError as exc:
-                raise TransientMdmError(f"MDM server unreachable: {exc!r}") from exc
+                # The request may have reached MicroMDM, which queues every copy it gets.
+                raise UncertainMdmError(
+                    f"MicroMDM took command {command_uuid} for {enrollment} but its answer "
+                    f"was lost ({exc!r}): it may be queued"
+                ) from exc
             if resp.status_code == 401:
-                raise PermanentMdmError("MicroMDM rejected the API key (401)")
-            if resp.status_code >= 500 or resp.status_code == 429:
-                raise TransientMdmError(f"MicroMDM error {resp.status_code} on enqueue")
-            if resp.status_code not in (200, 201):
-                raise PermanentMdmError(
-                    f"MicroMDM refused command {command_uuid} ({resp.status_code}): "
-                    f"{resp.text.strip()[:300]}"
+                raise PermanentMdmError(_MICROMDM_BAD_KEY)
+            if resp.status_code in (200, 201):
+                outcome.queued.append(enrollment)
+                continue
+            error = _server_error(resp)
+            if resp.status_code == 429 or (resp.status_code >= 500 and not _is_input_error(error)):
+                raise TransientMdmError(
+                    f"MicroMDM could not queue {command_uuid} ({resp.status_code}): {error}"
                 )
-            outcome.queued.append(enrollment)
+            raise PermanentMdmError(
+                f"MicroMDM refused command {command_uuid} ({resp.status_code}): {error}"
+            )
         if push:
             outcome.push_error = await self.push(ids)
         return outcome
 
     async def push(self, ids: Sequence[str]) -> str | None:
+        """Push each device; failures come back as text, never as an exception.
+
+        A push that fails cannot un-queue a command: the step records it and re-pushes
+        on its schedule. (MicroMDM without an APNs certificate drops the connection.)
+        """
         errors = []
         for enrollment in ids:
+            target = quote(await self._target(enrollment), safe="")
             try:
-                resp = await self._http.post(f"/v1/push/{quote(self._target(enrollment), safe='')}")
+                resp = await self._http.post(f"/v1/push/{target}")
             except httpx.HTTPError as exc:
-                raise TransientMdmError(f"MDM server unreachable: {exc!r}") from exc
+                errors.append(f"{enrollment}: push failed, MicroMDM dropped the request ({exc!r})")
+                continue
+            if resp.status_code == 401:
+                raise PermanentMdmError("MicroMDM rejected the API key (401) on push")
             if resp.status_code >= 300:
-                errors.append(f"{enrollment}: push answered {resp.status_code}")
+                errors.append(f"{enrollment}: {_server_error(resp)}")
         return "; ".join(errors) or None
 
 
-def make_client(kind: str, base_url: str, api_key: str) -> MdmServerClient:
+_MICROMDM_BAD_KEY = "MicroMDM rejected the API key (401): check MDMFLOW_MDM_API_KEY"
+# MicroMDM answers 500 for input it cannot use; these texts mean "fix the command".
+_INPUT_ERRORS = ("parse payload as plist", "request is malformed", "request must contain")
+
+
+def _is_input_error(error: str) -> bool:
+    return any(marker in error for marker in _INPUT_ERRORS)
+
+
+def _server_error(resp: httpx.Response) -> str:
+    """MicroMDM's JSON ``error`` text, else the start of the body, else the status."""
+    try:
+        doc = resp.json()
+    except ValueError:
+        doc = None
+    if isinstance(doc, dict) and doc.get("error"):
+        return str(doc["error"])
+    text = resp.text.strip()[:300]
+    return text or f"HTTP {resp.status_code}"
+
+
+def micromdm_device(enrollment_id: str) -> str:
+    """The device part of an enrollment ID: the UDID, or a BYOD EnrollmentID."""
+    return enrollment_id.split(":", 1)[0]
+
+
+def micromdm_address(enrollment_id: str) -> str:
+    """MicroMDM's key for an enrollment when the relay has not recorded one.
+
+    MicroMDM keys a device by UDID (BYOD: EnrollmentID) and a user channel by its
+    UserID, so ``UDID:UserID`` is addressed as ``UserID``. BYOD user enrollments and
+    Shared iPad users need the address recorded from their check-ins
+    (:meth:`store.events.EnrollmentRegister.mdm_address`).
+    """
+    return enrollment_id.split(":", 1)[1] if ":" in enrollment_id else enrollment_id
+
+
+def make_client(
+    kind: str, base_url: str, api_key: str, *, addresses: AddressBook | None = None
+) -> MdmServerClient:
+    """The client for ``kind``; ``addresses`` looks up MicroMDM addresses the relay recorded."""
     if kind == "nanomdm":
         return NanoMdmClient(base_url, api_key)
     if kind == "micromdm":
-        return MicroMdmClient(base_url, api_key)
+        return MicroMdmClient(base_url, api_key, addresses=addresses)
     raise ValueError(f"unknown MDM server kind {kind!r} (nanomdm or micromdm)")

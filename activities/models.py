@@ -14,10 +14,18 @@ class QueuedCommand(BaseModel):
     command: Command
 
 
+# Attempts of one send activity before the step records what could not be sent and
+# tries again at its next re-push; the last attempt returns instead of raising.
+SEND_MAX_ATTEMPTS = 8
+
+
 class SendStepInput(BaseModel):
     enrollment_id: str
     commands: list[QueuedCommand]
     push: bool = True
+    # UUIDs an earlier send may or may not have queued (its last attempt was lost). On a
+    # server that queues every copy (MicroMDM) only read-only ones are posted again.
+    unsure: list[str] = Field(default_factory=list)
 
 
 class SendStepResult(BaseModel):
@@ -25,6 +33,12 @@ class SendStepResult(BaseModel):
     # UUIDs the MDM server already had: a retried enqueue, not a failure.
     already_queued: list[str] = Field(default_factory=list)
     push_error: str | None = None
+    # Not queued: the MDM server stayed unreachable through the last attempt.
+    unsent: list[str] = Field(default_factory=list)
+    # Posted, but the answer was lost, on a server that would queue a second copy: not
+    # posted again, so the device runs the command at most once.
+    uncertain: list[str] = Field(default_factory=list)
+    send_error: str | None = None
 
 
 class PushInput(BaseModel):

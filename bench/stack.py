@@ -43,6 +43,7 @@ from escrow.sealing import load_master_key
 from mdmflow.temporal_client import connect
 from mdmflow.temporal_server import EAGER_ACTIVITIES, SQLITE_PRAGMAS, DevServer, free_port
 from protocol import routing
+from relay.webhook_auth import WebhookAuth
 from simulator.app import create_app as create_sim_app
 from simulator.fleet import Fleet, FleetConfig
 from starter.api import create_app
@@ -216,7 +217,7 @@ class Stack:
             services = Services.create(
                 self.client, self._engine, self.queue, load_master_key(self.dir)
             )
-            app = create_app(services, API_KEY, HMAC_KEY)
+            app = create_app(services, API_KEY, WebhookAuth(hmac_key=HMAC_KEY))
             self._api_server = RestartableServer(app, self._api_listener)
             self._api_listener = None
         await self._api_server.start()

@@ -25,6 +25,9 @@ class Settings:
     mdm_kind: str
     mdm_api_key: str
     webhook_hmac_key: str | None
+    # MicroMDM cannot sign: "user:secret" from its webhook URL, or a secret path segment
+    webhook_basic_auth: str | None
+    webhook_path_token: str | None
     api_key: str
     listen_host: str
     listen_port: int
@@ -57,6 +60,8 @@ def load() -> Settings:
         mdm_kind=_env("MDMFLOW_MDM_KIND", "nanomdm") or "nanomdm",
         mdm_api_key=_env("MDMFLOW_MDM_API_KEY", "nanomdm") or "",
         webhook_hmac_key=_env("MDMFLOW_WEBHOOK_HMAC_KEY"),
+        webhook_basic_auth=_env("MDMFLOW_WEBHOOK_BASIC_AUTH"),
+        webhook_path_token=_env("MDMFLOW_WEBHOOK_PATH_TOKEN"),
         api_key=api_key_from(var_dir),
         listen_host=host or "127.0.0.1",
         listen_port=int(port),

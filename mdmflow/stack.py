@@ -78,20 +78,28 @@ class Stack:
         if not s.mdm_url:
             sim_port = os.environ.get("MDMFLOW_SIM_PORT", "9000")
             sim_key = read_or_create(s.var_dir / "simulator_api_key", new_token)
-            hmac_key = s.webhook_hmac_key or read_or_create(
-                s.var_dir / "webhook_hmac_key", new_token
-            )
             self.env.update(
                 MDMFLOW_MDM_URL=f"http://127.0.0.1:{sim_port}",
-                MDMFLOW_MDM_KIND="nanomdm",
+                MDMFLOW_MDM_KIND=s.mdm_kind,
                 MDMFLOW_MDM_API_KEY=sim_key,
-                MDMFLOW_WEBHOOK_HMAC_KEY=hmac_key,
             )
             relay = f"http://{s.listen_host}:{s.listen_port}/webhook"
             sim_args = [
                 "sim", "serve", "--port", sim_port, "--devices", str(self.devices),
-                "--webhook-url", relay, "--hmac-key", hmac_key, "--api-key", sim_key,
+                "--api-key", sim_key,
             ]  # fmt: skip
+            if s.mdm_kind == "micromdm":
+                # MicroMDM cannot sign: it proves itself with credentials in the URL
+                secret = read_or_create(s.var_dir / "webhook_basic_secret", new_token)
+                self.env["MDMFLOW_WEBHOOK_BASIC_AUTH"] = f"micromdm:{secret}"
+                relay = relay.replace("http://", f"http://micromdm:{secret}@", 1)
+                sim_args += ["--micromdm", "--webhook-url", relay]
+            else:
+                hmac_key = s.webhook_hmac_key or read_or_create(
+                    s.var_dir / "webhook_hmac_key", new_token
+                )
+                self.env["MDMFLOW_WEBHOOK_HMAC_KEY"] = hmac_key
+                sim_args += ["--webhook-url", relay, "--hmac-key", hmac_key]
 
         api = self._spawn("api", "serve")
         self._spawn("worker", "worker")

@@ -31,11 +31,27 @@ USER_ENROLLMENT = "User Enrollment"
 class EnrollmentRef(BaseModel):
     id: str
     type: str
+    # The ID MicroMDM keys this enrollment by (see :func:`micromdm_address`).
+    mdm_address: str = ""
 
 
 def _s(payload: dict[str, Any], key: str) -> str:
     value = payload.get(key)
     return value if isinstance(value, str) else ""
+
+
+def micromdm_address(payload: dict[str, Any]) -> str:
+    """The ID MicroMDM queues commands under for the sender of ``payload``.
+
+    MicroMDM keys a device by its UDID, a user channel and a Shared iPad user by their
+    UserID, and both channels of a BYOD (User Enrollment) device by its EnrollmentID;
+    NanoMDM's enrollment IDs (the table above) need a translation for it.
+    """
+    udid = _s(payload, "UDID")
+    user_id = _s(payload, "UserID")
+    if udid:
+        return user_id or _s(payload, "UserShortName") or udid
+    return _s(payload, "EnrollmentID")
 
 
 def derive(payload: dict[str, Any]) -> EnrollmentRef | None:
@@ -45,14 +61,19 @@ def derive(payload: dict[str, Any]) -> EnrollmentRef | None:
     user_id = _s(payload, "UserID")
     short_name = _s(payload, "UserShortName")
     enrollment_user_id = _s(payload, "EnrollmentUserID")
+    address = micromdm_address(payload)
     if udid:
         if short_name and (not user_id or user_id.upper() == SHARED_IPAD_USER_ID):
-            return EnrollmentRef(id=f"{udid}:{short_name}", type=SHARED_IPAD)
+            return EnrollmentRef(id=f"{udid}:{short_name}", type=SHARED_IPAD, mdm_address=address)
         if user_id:
-            return EnrollmentRef(id=f"{udid}:{user_id}", type=USER)
-        return EnrollmentRef(id=udid, type=DEVICE)
+            return EnrollmentRef(id=f"{udid}:{user_id}", type=USER, mdm_address=address)
+        return EnrollmentRef(id=udid, type=DEVICE, mdm_address=address)
     if enrollment_id:
         if enrollment_user_id:
-            return EnrollmentRef(id=f"{enrollment_id}:{enrollment_user_id}", type=USER_ENROLLMENT)
-        return EnrollmentRef(id=enrollment_id, type=USER_ENROLLMENT_DEVICE)
+            return EnrollmentRef(
+                id=f"{enrollment_id}:{enrollment_user_id}",
+                type=USER_ENROLLMENT,
+                mdm_address=address,
+            )
+        return EnrollmentRef(id=enrollment_id, type=USER_ENROLLMENT_DEVICE, mdm_address=address)
     return None

@@ -16,7 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from protocol import plist
-from protocol.enrollment import EnrollmentRef, derive
+from protocol.enrollment import EnrollmentRef, derive, micromdm_address
 from protocol.results import CommandReport, ReportError, parse_report
 
 
@@ -59,7 +59,10 @@ def _decode_raw(event: dict[str, Any]) -> dict[str, Any]:
 def _enrollment(event: dict[str, Any], payload: dict[str, Any]) -> tuple[EnrollmentRef, bool]:
     ids = event.get("ids")
     if isinstance(ids, dict) and isinstance(ids.get("id"), str) and ids["id"]:
-        return EnrollmentRef(id=ids["id"], type=str(ids.get("type", ""))), True
+        given = EnrollmentRef(
+            id=ids["id"], type=str(ids.get("type", "")), mdm_address=micromdm_address(payload)
+        )
+        return given, True
     ref = derive(payload)
     if ref is None:
         raise WebhookError("cannot determine the enrollment: no ids and no UDID/EnrollmentID")

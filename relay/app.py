@@ -1,8 +1,9 @@
 """``POST /webhook``: verify, parse, hand to Temporal, answer fast.
 
 200: delivered, or understood and deliberately dropped (Idle, foreign commands, late
-reports). 400: not a webhook we can read. 401: bad or missing HMAC signature when a key
-is configured. 503: Temporal unreachable (NanoMDM does not retry; the step engine's
+reports). 400: not a webhook we can read. 401: not authenticated by any configured
+method (HMAC signature, HTTP Basic credentials, path token; see :mod:`relay.webhook_auth`).
+503: Temporal unreachable (NanoMDM does not retry; the step engine's
 re-push/re-issue recovers the answer). Bad content never causes a 5xx.
 """
 
@@ -17,23 +18,36 @@ from temporalio.service import RPCError
 
 from mdmflow import metrics
 from protocol.webhooks import WebhookError, parse_webhook
-from relay.hmac_check import verify
 from relay.routing import Router
+from relay.webhook_auth import WebhookAuth
 
 log = logging.getLogger("mdmflow.relay")
 
 
-def webhook_router(get_router: Callable[[], Router], hmac_key: str | None) -> APIRouter:
+def webhook_router(get_router: Callable[[], Router], auth: WebhookAuth) -> APIRouter:
     api = APIRouter()
+    summary = "MDM server webhook (NanoMDM / MicroMDM)"
 
-    @api.post("/webhook", tags=["relay"], summary="MDM server webhook (NanoMDM / MicroMDM)")
+    @api.post("/webhook", tags=["relay"], summary=summary)
     async def webhook(request: Request) -> Response:
+        return await _handle(request, None)
+
+    @api.post("/webhook/{token}", tags=["relay"], summary=f"{summary}, with a path token")
+    async def webhook_with_token(token: str, request: Request) -> Response:
+        return await _handle(request, token)
+
+    async def _handle(request: Request, token: str | None) -> Response:
         body = await request.body()
         metrics.inc("webhook_received")
-        if hmac_key and not verify(hmac_key, body, request.headers.get("X-Hmac-Signature")):
+        headers = request.headers
+        if not auth.accepts(
+            body, headers.get("X-Hmac-Signature"), headers.get("Authorization"), token
+        ):
             metrics.inc("webhook_bad_signature")
-            log.warning("webhook refused: bad or missing X-Hmac-Signature")
-            return JSONResponse({"error": "bad or missing X-Hmac-Signature"}, status_code=401)
+            log.warning("webhook refused: not authenticated (%s)", auth.methods())
+            return JSONResponse(
+                {"error": f"webhook not authenticated: needs {auth.methods()}"}, status_code=401
+            )
         try:
             event = parse_webhook(body)
         except WebhookError as exc:

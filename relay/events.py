@@ -66,6 +66,7 @@ class EventDispatcher:
             message,
             event.url_params,
             event.awaiting_configuration,
+            event.enrollment.mdm_address,
         )
         if message == "TokenUpdate":
             first = (

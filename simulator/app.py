@@ -1,7 +1,9 @@
 """HTTP face of the simulator: NanoMDM's and MicroMDM's command APIs plus ``/sim`` control.
 
-Response shapes, status codes and error texts follow NanoMDM 0.9 with MySQL storage, so
-the client code exercised against the simulator is the code that talks to NanoMDM.
+Response shapes, status codes and error texts follow NanoMDM 0.9 with MySQL storage on
+the ``nanomdm`` user's endpoints and MicroMDM 1.13 on the ``micromdm`` user's
+(``/v1/commands``, ``/v1/push``, ``/push``, ``/v1/devices``), so the client code exercised
+against the simulator is the code that talks to either server.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
+import json
 import plistlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -19,7 +22,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
+from simulator import micromdm
 from simulator.fleet import Fleet, UnknownEnrollment
+from simulator.micromdm import GoJSONResponse, PushFault
 
 NANOMDM_USER = "nanomdm"
 MICROMDM_USER = "micromdm"
@@ -103,6 +108,8 @@ class FaultsPatch(BaseModel):
     duplicate_rate: float | None = Field(default=None, ge=0, le=1)
     reorder_rate: float | None = Field(default=None, ge=0, le=1)
     seed: int | None = None
+    # MicroMDM's push endpoints; null (or "none") makes them work again.
+    push_fault: PushFault | Literal["none"] | None = None
 
 
 class UserChannelRequest(BaseModel):
@@ -123,6 +130,40 @@ def parse_error_spec(spec: int | str | list[int | str]) -> tuple[int, str, str]:
     domain = str(items[1]) if len(items) > 1 else "MCMDMErrorDomain"
     text = str(items[2]) if len(items) > 2 else f"Simulated error {code} <{domain}:{code}>"
     return code, domain, text
+
+
+def _device_filters(body: bytes) -> tuple[list[str], list[str]]:
+    """``filter_udid`` and ``filter_serial`` of a ``/v1/devices`` body (may be empty).
+
+    Raises ValueError for a body MicroMDM's JSON decoder would refuse. ``page`` and
+    ``per_page`` are accepted and, as by MicroMDM's stores, ignored.
+    """
+    if not body.strip():
+        return [], []
+    try:
+        doc = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"decoding request: {exc}") from exc
+    if not isinstance(doc, dict):
+        raise ValueError("json: cannot unmarshal into Go value of type device.ListDevicesOption")
+    out: list[list[str]] = []
+    for key in ("filter_udid", "filter_serial"):
+        value = doc.get(key) or []
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ValueError(f"json: cannot unmarshal {key} into Go type []string")
+        out.append(value)
+    return out[0], out[1]
+
+
+def _micromdm_push(fleet: Fleet, udid: str) -> Response:
+    """MicroMDM's push answer for one UDID or UserID."""
+    try:
+        push_id, error = fleet.push_micromdm(udid)
+    except micromdm.PushCrash as crash:
+        return micromdm.DroppedConnection(str(crash))
+    if error is not None:  # a failed response is written by MicroMDM's error encoder
+        return GoJSONResponse({"error": error}, status_code=500)
+    return GoJSONResponse({"status": "success", "push_notification_id": push_id})
 
 
 def create_app(fleet: Fleet) -> FastAPI:
@@ -170,6 +211,10 @@ def create_app(fleet: Fleet) -> FastAPI:
         code = 200
         if command_error is not None:
             code = 500
+        elif not no_push and fleet.push_fault == "drop":
+            # queued, then the push crashes the handler: the answer is lost
+            fleet.stats_add("pushes_dropped", len(id_list))
+            return micromdm.DroppedConnection(f"push of {uuid} crashed")
         elif not no_push:
             status, errors, total = _push_body(fleet, id_list, body)
             if errors and errors == total:
@@ -188,13 +233,18 @@ def create_app(fleet: Fleet) -> FastAPI:
     @app.api_route("/v1/push/{ids}", methods=["GET", "POST"])
     async def push(ids: str, request: Request) -> Response:
         user = _basic_user(request, api_key)
-        if user == MICROMDM_USER and request.method == "POST":
-            return await _micromdm_push(ids)
+        if user == MICROMDM_USER:  # MicroMDM routes only POST here
+            if request.method != "POST":
+                return PlainTextResponse("", status_code=405)
+            return _micromdm_push(fleet, ids)
         if user != NANOMDM_USER:
             return _unauthorized("nanomdm")
         id_list = _split_ids(ids)
         if not id_list:
             return PlainTextResponse("Bad Request\n", status_code=400)
+        if fleet.push_fault == "drop":
+            fleet.stats_add("pushes_dropped", len(id_list))
+            return micromdm.DroppedConnection("push crashed")
         body: dict[str, Any] = {}
         status, errors, total = _push_body(fleet, id_list, body)
         code = 200
@@ -207,38 +257,37 @@ def create_app(fleet: Fleet) -> FastAPI:
 
     # ---- MicroMDM ----------------------------------------------------------------------
 
-    async def _micromdm_push(udid: str) -> Response:
-        eid = fleet.resolve(udid)
-        if eid is None:
-            return _json_error(404, f"unknown device: {udid}")
-        result, err = fleet.push([eid])[eid]
-        if err is not None:
-            return _json_error(500, err)
-        return JSONResponse({"status": "success", "id": result})
-
-    @app.post("/v1/commands/{udid}")
+    @app.api_route("/v1/commands/{udid}", methods=["POST", "PUT"])
     async def micromdm_command(udid: str, request: Request) -> Response:
+        """Queue a raw plist command: any UDID, any number of copies, no push."""
         if _basic_user(request, api_key) != MICROMDM_USER:
             return _unauthorized("micromdm")
-        parsed = _parse_command(await request.body())
-        if parsed is None:
-            return _json_error(400, "request body is not a command plist")
-        eid = fleet.resolve(udid)
-        if eid is None:
-            return _json_error(404, f"unknown device: {udid}")
-        uuid, request_type, command = parsed
-        err = fleet.enqueue([eid], uuid, request_type, command)
-        if err is not None:
-            return _json_error(500, err)
-        fleet.push([eid])
-        payload = {"command_uuid": uuid, "command": {"request_type": request_type}}
-        return JSONResponse({"payload": payload}, status_code=201)
+        body = await request.body()
+        try:
+            uuid, request_type, command = micromdm.parse_command(body)
+        except micromdm.CommandError as exc:
+            return micromdm.error_response(str(exc))
+        fleet.queue_micromdm(udid, uuid, request_type, command)
+        payload = micromdm.command_payload(udid, uuid, request_type, body)
+        return GoJSONResponse({"payload": payload}, status_code=201)
 
-    @app.post("/push/{udid}")
+    @app.api_route("/push/{udid}", methods=["GET", "POST"])
     async def micromdm_push(udid: str, request: Request) -> Response:
+        """MicroMDM's legacy push route (GET); POST is kept for older callers."""
         if _basic_user(request, api_key) != MICROMDM_USER:
             return _unauthorized("micromdm")
-        return await _micromdm_push(udid)
+        return _micromdm_push(fleet, udid)
+
+    @app.post("/v1/devices")
+    async def micromdm_devices(request: Request) -> Response:
+        if _basic_user(request, api_key) != MICROMDM_USER:
+            return _unauthorized("micromdm")
+        try:
+            udids, serials = _device_filters(await request.body())
+        except ValueError as exc:
+            return micromdm.error_response(str(exc))
+        # Go encodes an empty (nil) device slice as null.
+        return GoJSONResponse({"devices": fleet.micromdm_devices(udids, serials) or None})
 
     # ---- control API -------------------------------------------------------------------
 
@@ -315,16 +364,36 @@ def create_app(fleet: Fleet) -> FastAPI:
         uid = await fleet.enroll_user_channel(device_id, req.user_id)
         return JSONResponse({"id": uid}, status_code=201)
 
+    def _all_faults() -> dict[str, Any]:
+        return {**fleet.faults, "push_fault": fleet.push_fault}
+
     @app.patch("/sim/faults")
     async def faults(patch: FaultsPatch, request: Request) -> Response:
         if (denied := _control_auth(request)) is not None:
             return denied
-        return JSONResponse(fleet.set_faults(**patch.model_dump()))
+        changes = patch.model_dump(exclude={"push_fault"})
+        if "push_fault" in patch.model_fields_set:
+            changes["push_fault"] = patch.push_fault or "none"
+        fleet.set_faults(**changes)
+        return JSONResponse(_all_faults())
 
     @app.get("/sim/stats")
     async def stats(request: Request) -> Response:
         if (denied := _control_auth(request)) is not None:
             return denied
-        return JSONResponse({**fleet.stats, "faults": fleet.faults})
+        return JSONResponse({**fleet.stats, "faults": _all_faults()})
+
+    @app.get("/sim/commands/{command_uuid}")
+    async def command_counts(command_uuid: str, request: Request) -> Response:
+        """Copies of one CommandUUID queued and answered (MicroMDM queues repeats)."""
+        if (denied := _control_auth(request)) is not None:
+            return denied
+        return JSONResponse(
+            {
+                "command_uuid": command_uuid,
+                "queued": fleet.command_copies(command_uuid),
+                "answered": fleet.command_answers(command_uuid),
+            }
+        )
 
     return app

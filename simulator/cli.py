@@ -138,6 +138,7 @@ def cmd_faults(args: argparse.Namespace) -> int:
             ("duplicate_rate", args.duplicate),
             ("reorder_rate", args.reorder),
             ("seed", args.seed),
+            ("push_fault", args.push_fault),
         )
         if v is not None
     }
@@ -155,17 +156,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     """Add the ``sim`` command group to the project's argparse CLI."""
     sim = subparsers.add_parser(
         "sim",
-        help="NanoMDM-compatible device fleet simulator",
-        description="Run a simulated NanoMDM server with simulated Apple devices, "
-        "or control a running one.",
+        help="NanoMDM/MicroMDM-compatible device fleet simulator",
+        description="Run a simulated NanoMDM (or MicroMDM) server with simulated Apple "
+        "devices, or control a running one.",
     )
     sub = sim.add_subparsers(dest="sim_command", metavar="COMMAND", required=True)
 
     p = sub.add_parser(
         "serve",
-        help="run the simulator (NanoMDM API + control API)",
-        description="Serve NanoMDM's /v1/enqueue and /v1/push, MicroMDM's /v1/commands, "
-        "and the /sim control API; devices post webhooks to --webhook-url.",
+        help="run the simulator (NanoMDM and MicroMDM APIs + control API)",
+        description="Serve NanoMDM's API (Basic nanomdm:<api key>: /v1/enqueue, /v1/push), "
+        "MicroMDM's API (Basic micromdm:<api key>: /v1/commands, /v1/push, /push, "
+        "/v1/devices) and the /sim control API; devices post webhooks to --webhook-url. "
+        "Run as MicroMDM with --micromdm (same as --webhook-format micromdm).",
     )
     p.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=9000, help="listen port (default 9000)")
@@ -191,6 +194,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         choices=("nanomdm", "nanomdm08", "micromdm"),
         default="nanomdm",
         help="webhook flavour: NanoMDM 0.9 (with ids), 0.8, or MicroMDM",
+    )
+    p.add_argument(
+        "--micromdm",
+        dest="webhook_format",
+        action="store_const",
+        const="micromdm",
+        help="run as MicroMDM: MicroMDM webhooks, for clients of its /v1/commands, "
+        "/v1/push, /push and /v1/devices endpoints",
     )
     p.add_argument("--verbose", "-v", action="store_true", help="debug logging")
     p.set_defaults(func=cmd_serve)
@@ -259,13 +270,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
     p = sub.add_parser(
         "faults",
-        help="set webhook faults",
-        description="Drop, duplicate or delay (reorder) a share of webhooks, reproducibly.",
+        help="set webhook and push faults",
+        description="Drop, duplicate or delay (reorder) a share of webhooks, reproducibly; "
+        "make MicroMDM's push endpoints fail.",
     )
     p.add_argument("--drop", type=float, help="share of webhooks dropped (0..1)")
     p.add_argument("--duplicate", type=float, help="share of webhooks sent twice (0..1)")
     p.add_argument("--reorder", type=float, help="share of webhooks held back (0..1)")
     p.add_argument("--seed", type=int, help="restart the fault sequence with this seed")
+    p.add_argument(
+        "--push-fault",
+        choices=("drop", "invalid_token", "none"),
+        help="MicroMDM pushes: drop the connection (no APNs certificate), answer "
+        "'invalid push token', or none (work again)",
+    )
     _client_args(p)
     p.set_defaults(func=cmd_faults)
 

@@ -1,4 +1,4 @@
-"""The simulated NanoMDM server state: enrollments, command queues, pushes, sessions.
+"""The simulated NanoMDM (and MicroMDM) server state: enrollments, queues, pushes, sessions.
 
 One scheduler task pops due connects from a heap; a connect runs the device's session
 (Idle, then queued commands one by one, NanoMDM's NotNow skipping included) without
@@ -13,16 +13,27 @@ import itertools
 import logging
 import plistlib
 import random
+import time
+import uuid
+from collections import Counter
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, Literal
 
-from simulator import answers
+from simulator import answers, micromdm
 from simulator.crypto import FleetCertificates
 from simulator.identity import KINDS, MODELS, OS_RELEASES, Kind, new_serial, new_udid, new_uuid
+from simulator.micromdm import PushFault
 from simulator.model import DeviceBehaviour, Enrollment, QueuedCommand
-from simulator.webhooks import WebhookFormat, WebhookSender, event_body
+from simulator.webhooks import WebhookFormat, WebhookSender, content_type, event_body
 
-__all__ = ["DeviceBehaviour", "Fleet", "FleetConfig", "UnknownEnrollment"]
+__all__ = [
+    "DeviceBehaviour",
+    "Fleet",
+    "FleetConfig",
+    "PushFault",
+    "UnknownEnrollment",
+    "micromdm_config",
+]
 
 log = logging.getLogger(__name__)
 
@@ -62,12 +73,25 @@ class FleetConfig:
     fv_enable_delay: float = 1.0
     topic: str = "com.apple.mgmt.External.mdmflow-sim"
     webhook_concurrency: int = 16
+    # MicroMDM's push endpoints only: "drop" hangs up, "invalid_token" fails every push.
+    push_fault: PushFault | None = None
+
+    @property
+    def micromdm(self) -> bool:
+        """MicroMDM mode: webhooks (and their event IDs) as MicroMDM posts them."""
+        return self.webhook_format == "micromdm"
+
+
+def micromdm_config(**overrides: Any) -> FleetConfig:
+    """A :class:`FleetConfig` in MicroMDM mode; keyword arguments set other fields."""
+    return FleetConfig(**{"webhook_format": "micromdm", **overrides})
 
 
 def _new_stats() -> dict[str, int]:
     keys = (
         "devices_enrolled commands_enqueued commands_answered acknowledged errors notnow "
-        "command_format_errors idle_reports connects pushes push_errors webhooks_submitted "
+        "commands_orphaned command_format_errors idle_reports connects pushes push_errors "
+        "pushes_dropped webhooks_submitted "
         "webhooks_sent webhooks_dropped webhooks_duplicated webhooks_reordered webhooks_failed "
         "webhooks_non_200"
     )
@@ -86,6 +110,9 @@ class Fleet:
         self._enrollments: dict[str, Enrollment] = {}
         self._user_index: dict[str, str] = {}  # bare UserID -> enrollment ID (MicroMDM)
         self._command_uuids: set[str] = set()  # NanoMDM's commands table: UUIDs are global
+        self._copies_queued: Counter[str] = Counter()  # per CommandUUID, both APIs
+        self._copies_answered: Counter[str] = Counter()  # final answers, NotNow excluded
+        self._push_fault: PushFault | None = self.config.push_fault
         self.ctx = answers.AnswerContext(
             certs=FleetCertificates(seed),
             key_rng=random.Random(f"{seed}:keys"),
@@ -97,6 +124,7 @@ class Fleet:
                 self.config.webhook_url,
                 stats=self._stats,
                 hmac_key=self.config.webhook_hmac_key,
+                content_type=content_type(self.config.webhook_format),
                 workers=self.config.webhook_concurrency,
                 seed=seed,
                 drop_rate=self.config.drop_rate,
@@ -261,7 +289,8 @@ class Fleet:
     def _channels(self, dev: Enrollment) -> list[Enrollment]:
         return [dev, *(dev.users or {}).values()]
 
-    def _authenticate(self, dev: Enrollment) -> None:
+    def _authenticate_message(self, dev: Enrollment) -> dict[str, Any]:
+        """The device's Authenticate check-in (without UDID), as a Mac or iPhone sends it."""
         attrs = dev.attributes()
         raw = {
             "BuildVersion": dev.os.build,
@@ -275,7 +304,10 @@ class Fleet:
         if dev.kind != "mac":
             raw["Model"] = dev.model.model
             raw["ModelName"] = dev.model.model_name
-        self._emit_checkin(dev, "mdm.Authenticate", raw)
+        return raw
+
+    def _authenticate(self, dev: Enrollment) -> None:
+        self._emit_checkin(dev, "mdm.Authenticate", self._authenticate_message(dev))
 
     def _token_update(self, enr: Enrollment) -> None:
         enr.tally += 1
@@ -324,7 +356,17 @@ class Fleet:
         duplicate_rate: float | None = None,
         reorder_rate: float | None = None,
         seed: int | None = None,
+        push_fault: PushFault | Literal["none"] | None = None,
     ) -> dict[str, float | int]:
+        """Change webhook faults (returned) and MicroMDM's push fault; None leaves one as is.
+
+        ``push_fault="none"`` clears the push fault (see :attr:`push_fault`).
+        """
+        if push_fault is not None:
+            if push_fault != "none" and push_fault not in micromdm.PUSH_FAULTS:
+                choices = ", ".join(("none", *micromdm.PUSH_FAULTS))
+                raise ValueError(f"push_fault must be one of {choices}")
+            self._push_fault = None if push_fault == "none" else push_fault
         for name, value in (
             ("drop_rate", drop_rate),
             ("duplicate_rate", duplicate_rate),
@@ -353,7 +395,20 @@ class Fleet:
 
     @property
     def faults(self) -> dict[str, float | int]:
+        """The webhook faults (rates and seed)."""
         return dict(self._faults)
+
+    @property
+    def push_fault(self) -> PushFault | None:
+        """How pushes fail: "drop", "invalid_token", or None (they work).
+
+        "drop" hangs up on every push, MicroMDM's and NanoMDM's (an enqueue that pushes
+        queues its command first); "invalid_token" applies to MicroMDM's push only.
+        """
+        return self._push_fault
+
+    def stats_add(self, key: str, n: int = 1) -> None:
+        self._stats[key] += n
 
     @property
     def fault_log(self) -> list[tuple[int, str]]:
@@ -390,6 +445,7 @@ class Fleet:
             assert enr is not None
             enr.queue.append(QueuedCommand(command_uuid, request_type, command))
         self._stats["commands_enqueued"] += len(ids)
+        self._copies_queued[command_uuid] += len(ids)
         return None
 
     def push(self, ids: list[str]) -> dict[str, tuple[str | None, str | None]]:
@@ -406,6 +462,83 @@ class Fleet:
             if not enr.in_session:
                 self._schedule(enr, self._latency(enr))
         return out
+
+    # ---- MicroMDM API ------------------------------------------------------------------
+
+    def micromdm_target(self, key: str) -> Enrollment | None:
+        """The channel MicroMDM keys by ``key``: a device's UDID or a user channel's UserID.
+
+        ``UDID:UserID`` is NanoMDM's ID only; MicroMDM has no queue under it.
+        """
+        enr = self._enrollments.get(key)
+        if enr is not None and enr.parent is None:
+            return enr
+        user = self._user_index.get(key)
+        return self._enrollments.get(user) if user is not None else None
+
+    def queue_micromdm(
+        self, key: str, command_uuid: str, request_type: str, command: dict[str, Any]
+    ) -> str | None:
+        """Queue a copy of a command under ``key`` like MicroMDM; the enrollment ID or None.
+
+        MicroMDM checks neither the key nor the CommandUUID: every post queues one more
+        copy, which the device runs and answers separately. A copy for an unknown key or
+        a checked-out device is never answered (``commands_orphaned``). Nothing is pushed.
+        """
+        self._stats["commands_enqueued"] += 1
+        self._copies_queued[command_uuid] += 1
+        enr = self.micromdm_target(key)
+        if enr is None or not enr.enrolled:
+            self._stats["commands_orphaned"] += 1
+            return None
+        enr.queue.append(QueuedCommand(command_uuid, request_type, command))
+        return enr.id
+
+    def push_micromdm(self, key: str) -> tuple[str | None, str | None]:
+        """MicroMDM's push: ``(push_notification_id, None)`` or ``(None, error text)``.
+
+        Checks run in MicroMDM's order: push info, token, then APNs. Raises
+        :class:`~simulator.micromdm.PushCrash` under the ``drop`` fault once the device
+        is known, where MicroMDM without an APNs certificate panics.
+        """
+        enr = self.micromdm_target(key)
+        if enr is None:
+            error = micromdm.unknown_push_target(key)
+        elif self._push_fault == "invalid_token":
+            error = micromdm.INVALID_TOKEN
+        elif self._push_fault == "drop":
+            self._stats["pushes_dropped"] += 1
+            raise micromdm.PushCrash(f"no APNs certificate to push {key}")
+        elif not enr.enrolled:
+            error = micromdm.UNREGISTERED
+        else:
+            return self.push([enr.id])[enr.id]
+        self._stats["push_errors"] += 1
+        return None, error
+
+    def micromdm_devices(
+        self, udids: list[str] | None = None, serials: list[str] | None = None
+    ) -> list[dict[str, Any]]:
+        """MicroMDM's device records (devices only), limited to the UDIDs or serials if given."""
+        wanted_udids, wanted_serials = set(udids or ()), set(serials or ())
+        out = []
+        for enr in self._enrollments.values():
+            if enr.parent is not None:
+                continue
+            if (wanted_udids or wanted_serials) and not (
+                enr.udid in wanted_udids or enr.serial in wanted_serials
+            ):
+                continue
+            out.append(micromdm.device_record(enr, self._authenticate_message(enr)))
+        return out
+
+    def command_copies(self, command_uuid: str) -> int:
+        """How many times this CommandUUID was queued, counting each ID and each post."""
+        return self._copies_queued[command_uuid]
+
+    def command_answers(self, command_uuid: str) -> int:
+        """How many final answers (not NotNow) devices gave to this CommandUUID."""
+        return self._copies_answered[command_uuid]
 
     # ---- scheduler ---------------------------------------------------------------------
 
@@ -529,6 +662,7 @@ class Fleet:
             enr.skip_notnow = False
             enr.answered += 1
             self._stats["commands_answered"] += 1
+            self._copies_answered[entry.uuid] += 1
             if status == "Acknowledged":
                 self._stats["acknowledged"] += 1
             elif status == "Error":
@@ -555,11 +689,14 @@ class Fleet:
     # ---- webhooks ----------------------------------------------------------------------
 
     def _event_id(self) -> str:
+        if self.config.micromdm:  # MicroMDM: uuid.NewString()
+            return str(uuid.UUID(int=self._id_rng.getrandbits(128), version=4))
         return f"{self._id_rng.getrandbits(64):016x}"
 
     def _emit_report(
         self, enr: Enrollment, report: dict[str, Any], status: str, command_uuid: str | None
     ) -> None:
+        enr.device.last_seen = time.time_ns()
         raw = plistlib.dumps(report, sort_keys=True)
         if self._sender is None:
             return
@@ -580,6 +717,8 @@ class Fleet:
     def _emit_checkin(
         self, enr: Enrollment, topic: str, raw: dict[str, Any], tally: int | None = None
     ) -> None:
+        if enr.parent is None:  # MicroMDM ignores user channels' check-ins here
+            enr.last_seen = time.time_ns()
         if self._sender is None:
             return
         payload = plistlib.dumps({**raw, **enr.report_base()}, sort_keys=True)

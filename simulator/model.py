@@ -71,6 +71,7 @@ class Enrollment:
         "id",
         "in_session",
         "kind",
+        "last_seen",
         "lock",
         "model",
         "notnows",
@@ -129,6 +130,7 @@ class Enrollment:
         self.prk_hash: str | None = None
         self.lock: dict[str, Any] | None = None
         self.users: dict[str, Enrollment] | None = None
+        self.last_seen = 0  # wall-clock ns of the last check-in or report (0: never)
         self.connects = 0
         self.answered = 0
         self.notnows = 0

@@ -9,6 +9,7 @@ import uvicorn
 
 from simulator.app import create_app
 from simulator.fleet import Fleet, FleetConfig
+from simulator.webhooks import split_credentials
 
 log = logging.getLogger("simulator")
 
@@ -31,10 +32,15 @@ async def serve(args: argparse.Namespace) -> None:
             ids = await fleet.enroll(args.devices, args.kind)
             log.info("enrolled %d %s device(s): %s", len(ids), args.kind, ", ".join(ids[:5]))
         log.info(
-            "NanoMDM API on http://%s:%d (Basic nanomdm:<api key>); webhooks to %s%s",
+            "%s on http://%s:%d (Basic %s:<api key>); %s webhooks to %s%s",
+            "MicroMDM API (/v1/commands, /v1/push, /push, /v1/devices)"
+            if config.micromdm
+            else "NanoMDM API",
             args.host,
             args.port,
-            config.webhook_url or "nowhere",
+            "micromdm" if config.micromdm else "nanomdm",
+            config.webhook_format,
+            split_credentials(config.webhook_url)[0] if config.webhook_url else "nowhere",
             " (HMAC signed)" if config.webhook_hmac_key else "",
         )
         server = uvicorn.Server(

@@ -1,4 +1,4 @@
-"""Webhook events as NanoMDM 0.9 (or 0.8 / MicroMDM) posts them, and their delivery.
+"""Webhook events as NanoMDM 0.9 (or 0.8, or MicroMDM 1.13) posts them, and their delivery.
 
 Delivery is fire-and-forget like NanoMDM's: one shared HTTP client, a fixed pool of
 workers (bounded concurrency), no retries, failures only counted and logged. Events of
@@ -21,9 +21,11 @@ import time
 import zlib
 from collections import deque
 from typing import Any, Literal
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import httpx
 
+from simulator import gojson
 from simulator.rawhttp import RawHTTPConnection, RawHTTPError
 
 log = logging.getLogger(__name__)
@@ -55,7 +57,20 @@ def event_body(
     token_update_tally: int | None = None,
     url_params: dict[str, str] | None = None,
 ) -> bytes:
-    """Serialise one webhook exactly like the live NanoMDM capture (sorted, compact)."""
+    """Serialise one webhook exactly like the live captures of ``fmt``'s server.
+
+    NanoMDM writes compact JSON with sorted keys; MicroMDM see :func:`micromdm_event`.
+    """
+    if fmt == "micromdm":
+        return micromdm_event(
+            topic=topic,
+            event_id=event_id,
+            udid=udid,
+            raw_payload=raw_payload,
+            status=status,
+            command_uuid=command_uuid,
+            url_params=url_params,
+        )
     event: dict[str, Any] = {"udid": udid, "raw_payload": base64.b64encode(raw_payload).decode()}
     if fmt == "nanomdm":
         event["ids"] = {"id": enrollment_id, "type": enrollment_type}
@@ -79,6 +94,60 @@ def event_body(
     return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
 
 
+def micromdm_event(
+    *,
+    topic: str,
+    event_id: str,
+    udid: str,
+    raw_payload: bytes,
+    status: str | None = None,
+    command_uuid: str | None = None,
+    url_params: dict[str, str] | None = None,
+) -> bytes:
+    """MicroMDM's webhook: its Go structs' field order, ``MarshalIndent`` with two spaces.
+
+    A check-in always carries ``url_params`` (``null`` without any); an acknowledge
+    omits an empty ``command_uuid`` (Idle) and absent ``url_params``. No ``ids``, no
+    ``token_update_tally``: MicroMDM has neither.
+    """
+    raw = base64.b64encode(raw_payload).decode()
+    doc: dict[str, Any] = {
+        "topic": topic,
+        "event_id": event_id,
+        "created_at": rfc3339nano(time.time_ns()),
+    }
+    if status is not None:
+        ack: dict[str, Any] = {"udid": udid, "status": status}
+        if command_uuid:
+            ack["command_uuid"] = command_uuid
+        if url_params:
+            ack["url_params"] = url_params
+        ack["raw_payload"] = raw
+        doc["acknowledge_event"] = ack
+    else:
+        doc["checkin_event"] = {"udid": udid, "url_params": url_params, "raw_payload": raw}
+    return gojson.marshal_indent(doc)
+
+
+def content_type(fmt: WebhookFormat) -> str:
+    """The Content-Type the server of ``fmt`` posts its webhooks with."""
+    return "application/json; charset=utf-8" if fmt == "micromdm" else "application/json"
+
+
+def split_credentials(url: str) -> tuple[str, str | None]:
+    """The URL without ``user:secret@`` and the Basic header Go's HTTP client makes of it.
+
+    MicroMDM cannot sign webhooks; credentials in its webhook URL are how it proves itself.
+    """
+    parts = urlsplit(url)
+    if parts.username is None:
+        return url, None
+    pair = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    bare = urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    return bare, "Basic " + base64.b64encode(pair).decode()
+
+
 def signature(key: str, body: bytes) -> str:
     return base64.b64encode(hmac.new(key.encode(), body, hashlib.sha256).digest()).decode()
 
@@ -92,6 +161,7 @@ class WebhookSender:
         *,
         stats: dict[str, int],
         hmac_key: str | None = None,
+        content_type: str = "application/json",
         workers: int = 16,
         seed: int = 0,
         drop_rate: float = 0.0,
@@ -99,8 +169,9 @@ class WebhookSender:
         reorder_rate: float = 0.0,
         hold_timeout: float = 0.2,
     ) -> None:
-        self.url = url
+        self.url, self.authorization = split_credentials(url)
         self.hmac_key = hmac_key
+        self.content_type = content_type
         self._stats = stats
         self._nworkers = max(1, workers)
         self._queues: list[asyncio.Queue[tuple[bytes, int]]] = []
@@ -233,9 +304,11 @@ class WebhookSender:
             self.pending -= 1
 
     async def _post(self, body: bytes, conn: RawHTTPConnection | None) -> None:
-        headers = {"Content-Type": "application/json"}
+        headers = {"Content-Type": self.content_type}
         if self.hmac_key:
             headers["X-Hmac-Signature"] = signature(self.hmac_key, body)
+        if self.authorization:
+            headers["Authorization"] = self.authorization
         try:
             if conn is not None:
                 status, text = await conn.request("POST", body, headers)

@@ -23,6 +23,7 @@ from mdmflow import __version__, metrics
 from relay.app import webhook_router
 from relay.events import EventDispatcher
 from relay.routing import Router
+from relay.webhook_auth import WebhookAuth
 from starter import runs
 from starter.api_cmdplans import router as cmdplans_router
 from starter.api_escrow import router as escrow_router
@@ -52,7 +53,7 @@ class StartResponse(BaseModel):
 def create_app(
     services: Services | Callable[[], Awaitable[Services]],
     api_key: str,
-    hmac_key: str | None = None,
+    webhook_auth: WebhookAuth | None = None,
 ) -> FastAPI:
     """Build the app; ``services`` may be a factory awaited at start-up."""
     holder: dict[str, Any] = {}
@@ -97,7 +98,7 @@ def create_app(
         log.error("Temporal error: %s", exc)
         return JSONResponse({"error": f"Temporal: {exc.message}"}, status_code=503)
 
-    app.include_router(webhook_router(lambda: holder["router"], hmac_key))
+    app.include_router(webhook_router(lambda: holder["router"], webhook_auth or WebhookAuth()))
 
     auth = AUTH
     err = ERRORS

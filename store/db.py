@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 from sqlalchemy import (
@@ -22,22 +23,35 @@ from sqlalchemy import (
     Text,
     event,
     insert,
+    inspect,
     select,
     text,
     update,
 )
+from sqlalchemy.engine import Connection
 from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.pool import ConnectionPoolEntry
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
-# Statements that bring a database of version ``v - 1`` to ``v`` (idempotent: processes
-# starting together may both run them). A fresh database gets the current layout from
-# the models and skips them.
-MIGRATIONS: dict[int, tuple[str, ...]] = {
+
+def _add_column(table: str, column: str, sql_type: str) -> Callable[[Connection], None]:
+    """A migration step adding a column unless it is there (SQLite has no IF NOT EXISTS)."""
+
+    def step(conn: Connection) -> None:
+        if column not in {c["name"] for c in inspect(conn).get_columns(table)}:
+            conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {column} {sql_type}"))
+
+    return step
+
+
+# Steps that bring a database of version ``v - 1`` to ``v`` (idempotent: processes
+# starting together may both run them): SQL text, or a function of the connection. A
+# fresh database gets the current layout from the models and skips them.
+MIGRATIONS: dict[int, tuple[str | Callable[[Connection], None], ...]] = {
     4: (
         "DELETE FROM devinfo_log WHERE id NOT IN "
         "(SELECT MIN(id) FROM devinfo_log GROUP BY enrollment_id, command_uuid)",
@@ -45,6 +59,7 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         "ON devinfo_log (enrollment_id, command_uuid)",
         "DROP INDEX IF EXISTS ix_devinfo_log_enrollment_id",  # the new index leads with it
     ),
+    5: (_add_column("enrollments", "mdm_address", "VARCHAR(255)"),),
 }
 
 
@@ -107,6 +122,8 @@ class EnrollmentRow(Base):
     __tablename__ = "enrollments"
     enrollment_id: Mapped[str] = mapped_column(String(255), primary_key=True)
     enrollment_type: Mapped[str] = mapped_column(String(64), default="")
+    # The ID MicroMDM keys this enrollment by (protocol.enrollment.micromdm_address).
+    mdm_address: Mapped[str | None] = mapped_column(String(255), nullable=True)
     enrolled: Mapped[bool] = mapped_column(Boolean, default=True)
     url_params: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
     # TokenUpdates seen since the last Authenticate (Enrollment rule for senders
@@ -240,8 +257,11 @@ async def _ensure_schema(engine: AsyncEngine) -> None:
             await conn.execute(insert(SchemaVersion).values(id=1, version=SCHEMA_VERSION))
             return
         for target in range(version + 1, SCHEMA_VERSION + 1):
-            for statement in MIGRATIONS.get(target, ()):
-                await conn.execute(text(statement))
+            for step in MIGRATIONS.get(target, ()):
+                if isinstance(step, str):
+                    await conn.execute(text(step))
+                else:
+                    await conn.run_sync(step)
         if version < SCHEMA_VERSION:
             await conn.execute(
                 update(SchemaVersion).where(SchemaVersion.id == 1).values(version=SCHEMA_VERSION)

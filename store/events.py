@@ -131,9 +131,17 @@ class EnrollmentRegister:
         message: str,
         url_params: dict[str, str],
         awaiting_configuration: bool | None = None,
+        mdm_address: str = "",
     ) -> int:
         """Record a check-in; returns TokenUpdates seen since the last Authenticate."""
-        args = (enrollment_id, enrollment_type, message, url_params, awaiting_configuration)
+        args = (
+            enrollment_id,
+            enrollment_type,
+            message,
+            url_params,
+            awaiting_configuration,
+            mdm_address,
+        )
         try:
             return await self._checkin(*args)
         except IntegrityError:
@@ -147,6 +155,7 @@ class EnrollmentRegister:
         message: str,
         url_params: dict[str, str],
         awaiting_configuration: bool | None,
+        mdm_address: str,
     ) -> int:
         async with self._sessions() as session, session.begin():
             row = await session.get(EnrollmentRow, enrollment_id, with_for_update=True)
@@ -156,6 +165,7 @@ class EnrollmentRegister:
                 )
                 session.add(row)
             row.enrollment_type = enrollment_type or row.enrollment_type or ""
+            row.mdm_address = mdm_address or row.mdm_address
             row.last_seen = datetime.now(UTC)
             if url_params:
                 row.url_params = url_params
@@ -175,6 +185,12 @@ class EnrollmentRegister:
         async with self._sessions() as session:
             row = await session.get(EnrollmentRow, enrollment_id)
             return dict(row.url_params or {}) if row is not None else {}
+
+    async def mdm_address(self, enrollment_id: str) -> str | None:
+        """The ID MicroMDM keys this enrollment by, as learned from its check-ins."""
+        async with self._sessions() as session:
+            row = await session.get(EnrollmentRow, enrollment_id)
+            return row.mdm_address if row is not None else None
 
     async def awaiting_configuration(self, enrollment_id: str) -> bool:
         async with self._sessions() as session:

@@ -100,4 +100,4 @@ def inventory_store(store_engine: AsyncEngine) -> InventoryStore:
 
 
 # The full stack (API + relay, simulator, worker) for end-to-end test modules.
-from tests.e2e_stack import e2e  # noqa: E402, F401
+from tests.e2e_stack import e2e, e2e_micromdm  # noqa: E402, F401

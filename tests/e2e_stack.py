@@ -9,6 +9,7 @@ import asyncio
 import uuid
 import zlib
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,10 +18,11 @@ import httpx
 import pytest
 from temporalio.client import Client
 
-from activities.mdm_server import NanoMdmClient
+from activities.mdm_server import make_client
 from bench.servers import RestartableServer
 from escrow.sealing import load_master_key
 from mdmflow.temporal_server import DevServer
+from relay.webhook_auth import WebhookAuth
 from simulator.app import create_app as create_sim_app
 from simulator.fleet import Fleet, FleetConfig
 from starter.api import create_app
@@ -70,33 +72,52 @@ class E2E:
         return dict(resp.json())
 
 
-@pytest.fixture(scope="module")
-async def e2e(
-    dev_server: DevServer,
+WEBHOOK_USER, WEBHOOK_SECRET = "micromdm", "e2e-webhook-secret"
+
+
+@asynccontextmanager
+async def e2e_stack(
     dev_client: Client,
+    dev_server: DevServer,
     tmp_path_factory: pytest.TempPathFactory,
-    request: pytest.FixtureRequest,
+    seed_name: str,
+    kind: str = "nanomdm",
 ) -> AsyncIterator[E2E]:
+    """The stack against a simulated NanoMDM (HMAC-signed webhooks) or MicroMDM.
+
+    In MicroMDM mode the simulator behaves like MicroMDM v1.13 and, unable to sign,
+    proves its webhooks with Basic credentials in the webhook URL.
+    """
     store_url = f"sqlite:///{tmp_path_factory.mktemp('e2e') / 'mdmflow.db'}"
     engine = await open_engine(store_url)
     queue = f"e2e-{uuid.uuid4()}"
     var_dir = tmp_path_factory.mktemp("var")
     services = Services.create(dev_client, engine, queue, load_master_key(var_dir))
-    app = create_app(services, API_KEY, HMAC_KEY)
+    micromdm = kind == "micromdm"
+    auth = (
+        WebhookAuth(basic=(WEBHOOK_USER, WEBHOOK_SECRET))
+        if micromdm
+        else WebhookAuth(hmac_key=HMAC_KEY)
+    )
+    app = create_app(services, API_KEY, auth)
     api_server = RestartableServer(app)
+    hook = f"{api_server.url}/webhook"
+    if micromdm:
+        hook = hook.replace("http://", f"http://{WEBHOOK_USER}:{WEBHOOK_SECRET}@")
     fleet = Fleet(
         FleetConfig(
-            webhook_url=f"{api_server.url}/webhook",
-            webhook_hmac_key=HMAC_KEY,
+            webhook_url=hook,
+            webhook_hmac_key=None if micromdm else HMAC_KEY,
+            webhook_format="micromdm" if micromdm else "nanomdm",
             api_key=SIM_KEY,
             connect_latency=0.02,
             # distinct devices per test module: they share one Temporal server
-            seed=zlib.crc32(request.module.__name__.encode()),
+            seed=zlib.crc32(seed_name.encode()),
         )
     )
     await fleet.start()
     sim_server = RestartableServer(create_sim_app(fleet))
-    mdm = NanoMdmClient(sim_server.url, SIM_KEY)
+    mdm = make_client(kind, sim_server.url, SIM_KEY, addresses=services.register.mdm_address)
     async with api_server, sim_server:
         worker = build_worker(services, mdm)
         async with (
@@ -104,7 +125,7 @@ async def e2e(
             httpx.AsyncClient(
                 base_url=api_server.url, auth=("nanocmd", API_KEY), timeout=30
             ) as api,
-            httpx.AsyncClient(base_url=sim_server.url, auth=("nanomdm", SIM_KEY)) as sim,
+            httpx.AsyncClient(base_url=sim_server.url, auth=(kind, SIM_KEY)) as sim,
         ):
             yield E2E(
                 api,
@@ -121,3 +142,29 @@ async def e2e(
     await fleet.stop()
     await mdm.aclose()
     await engine.dispose()
+
+
+@pytest.fixture(scope="module")
+async def e2e(
+    dev_server: DevServer,
+    dev_client: Client,
+    tmp_path_factory: pytest.TempPathFactory,
+    request: pytest.FixtureRequest,
+) -> AsyncIterator[E2E]:
+    async with e2e_stack(
+        dev_client, dev_server, tmp_path_factory, request.module.__name__
+    ) as stack:
+        yield stack
+
+
+@pytest.fixture(scope="module")
+async def e2e_micromdm(
+    dev_server: DevServer,
+    dev_client: Client,
+    tmp_path_factory: pytest.TempPathFactory,
+    request: pytest.FixtureRequest,
+) -> AsyncIterator[E2E]:
+    async with e2e_stack(
+        dev_client, dev_server, tmp_path_factory, request.module.__name__ + "/micromdm", "micromdm"
+    ) as stack:
+        yield stack

@@ -1,4 +1,4 @@
-"""How the MDM client judges NanoMDM's and MicroMDM's answers.
+"""How the MDM client judges NanoMDM's answers (MicroMDM's: ``test_micromdm.py``).
 
 The answers are NanoMDM's documented shapes (``docs_openapi.yaml``: APIResult) served by
 an in-process transport, including the cases the simulator does not produce, such as
@@ -7,7 +7,6 @@ a server without a push certificate.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from typing import Any
 
@@ -15,7 +14,6 @@ import httpx
 import pytest
 
 from activities.mdm_server import (
-    MicroMdmClient,
     NanoMdmClient,
     PermanentMdmError,
     TransientMdmError,
@@ -140,35 +138,3 @@ async def test_push_collects_per_id_errors() -> None:
     doc = {"status": {EID: {"push_error": "BadDeviceToken"}}}
     assert await nanomdm(answer(200, doc)).push([EID]) == f"{EID}: BadDeviceToken"
     assert await nanomdm(answer(200, {"status": {EID: {"push_result": "ok"}}})).push([EID]) is None
-
-
-async def test_micromdm_posts_raw_plist_per_udid_and_user_channel_by_user_id() -> None:
-    seen: list[httpx.Request] = []
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        seen.append(request)
-        if request.url.path.startswith("/v1/commands/"):
-            return httpx.Response(201, json={"payload": {"command_uuid": UUID}})
-        return httpx.Response(200, json={})
-
-    client = MicroMdmClient("http://micromdm.test", "k")
-    client._http._transport = httpx.MockTransport(handler)
-    outcome = await client.enqueue([EID, f"{EID}:USER-1"], UUID, BODY, push=True)
-    assert outcome.queued == [EID, f"{EID}:USER-1"]
-    assert [r.url.path for r in seen] == [
-        f"/v1/commands/{EID}",
-        "/v1/commands/USER-1",
-        f"/v1/push/{EID}",
-        "/v1/push/USER-1",
-    ]
-    assert json.loads(json.dumps(seen[0].headers["authorization"])).startswith("Basic ")
-
-
-async def test_micromdm_errors_are_classified() -> None:
-    client = MicroMdmClient("http://micromdm.test", "k")
-    client._http._transport = httpx.MockTransport(answer(401, text="no"))
-    with pytest.raises(PermanentMdmError):
-        await client.enqueue([EID], UUID, BODY, push=False)
-    client._http._transport = httpx.MockTransport(answer(500, text="boom"))
-    with pytest.raises(TransientMdmError):
-        await client.enqueue([EID], UUID, BODY, push=False)

@@ -25,6 +25,7 @@ from mdmflow import metrics
 from protocol import plist
 from relay.events import EVENTS
 from relay.hmac_check import sign
+from relay.webhook_auth import WebhookAuth
 from starter.api import create_app
 from starter.deps import Services
 from tests.conftest import FIXTURES
@@ -85,7 +86,7 @@ async def stack(dev_client: Client, store_engine: AsyncEngine) -> AsyncIterator[
     queue = f"tq-{uuid.uuid4()}"
     mdm, inventory = RecordingMdm(), RecordingInventory()
     services = Services.create(dev_client, store_engine, queue, bytes(32))
-    app = create_app(services, API_KEY, HMAC_KEY)
+    app = create_app(services, API_KEY, WebhookAuth(hmac_key=HMAC_KEY))
     async with (
         RestartableServer(app) as server,
         Worker(

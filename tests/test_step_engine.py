@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import timedelta
 
 import pytest
@@ -52,11 +53,16 @@ class Harness:
         return eid, handle
 
 
-@pytest.fixture
-async def harness(time_env: WorkflowEnvironment) -> AsyncIterator[Harness]:
-    h = Harness(time_env, f"tq-{uuid.uuid4()}")
+@asynccontextmanager
+async def harness_on(
+    env: WorkflowEnvironment, mdm: RecordingMdm | None = None
+) -> AsyncIterator[Harness]:
+    """A worker with every workflow on its own task queue, ``mdm`` standing in for the server."""
+    h = Harness(env, f"tq-{uuid.uuid4()}")
+    if mdm is not None:
+        h.mdm = mdm
     async with Worker(
-        time_env.client,
+        env.client,
         task_queue=h.queue,
         workflows=list(ALL_WORKFLOWS),
         activities=[
@@ -69,6 +75,12 @@ async def harness(time_env: WorkflowEnvironment) -> AsyncIterator[Harness]:
             restrictions=SandboxRestrictions.default.with_passthrough_modules(*PASSTHROUGH)
         ),
     ):
+        yield h
+
+
+@pytest.fixture
+async def harness(time_env: WorkflowEnvironment) -> AsyncIterator[Harness]:
+    async with harness_on(time_env) as h:
         yield h
 
 

@@ -11,6 +11,7 @@ from sqlalchemy import inspect, text
 from sqlalchemy.exc import DBAPIError
 
 from store.db import SCHEMA_VERSION, normalise_url, open_engine
+from store.events import EnrollmentRegister
 from store.inventory import InventoryStore
 from tests.conftest import PG_ADMIN
 
@@ -92,6 +93,25 @@ async def test_a_version_3_database_is_migrated_and_keeps_its_first_entries(db_u
     assert [e["query_responses"]["SerialNumber"] for e in log] == ["first"]
     await store.log_device_information("A", "u1", {"SerialNumber": "later"})
     assert len(await store.device_information_log("A")) == 1
+    async with engines[0].connect() as conn:
+        version = (await conn.execute(text("SELECT version FROM schema_version"))).all()
+    assert version == [(SCHEMA_VERSION,)]
+    await asyncio.gather(*(e.dispose() for e in engines))
+
+
+async def test_a_version_4_database_gains_the_micromdm_address_column(db_url: str) -> None:
+    engine = await open_engine(db_url)
+    async with engine.begin() as conn:  # the v4 layout: enrollments without mdm_address
+        await conn.execute(text("ALTER TABLE enrollments DROP COLUMN mdm_address"))
+        await conn.execute(text("UPDATE schema_version SET version = 4"))
+    await engine.dispose()
+    engines = await asyncio.gather(*(open_engine(db_url) for _ in range(3)))
+    register = EnrollmentRegister(engines[0])
+    await register.checkin("DEV:U-1", "User", "TokenUpdate", {}, None, "U-1")
+    assert await register.mdm_address("DEV:U-1") == "U-1"
+    await register.checkin("DEV:U-1", "User", "CheckOut", {}, None)  # keeps the address
+    assert await register.mdm_address("DEV:U-1") == "U-1"
+    assert await register.mdm_address("UNKNOWN") is None
     async with engines[0].connect() as conn:
         version = (await conn.execute(text("SELECT version FROM schema_version"))).all()
     assert version == [(SCHEMA_VERSION,)]

@@ -31,7 +31,14 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from activities.models import PushInput, QueuedCommand, SendStepInput, SendStepResult
+    from activities.models import (
+        SEND_MAX_ATTEMPTS,
+        PushInput,
+        PushResult,
+        QueuedCommand,
+        SendStepInput,
+        SendStepResult,
+    )
     from protocol import routing
     from protocol.commands import Command
     from protocol.results import CommandReport
@@ -47,6 +54,11 @@ with workflow.unsafe.imports_passed_through():
         WorkflowInput,
         check_revision,
     )
+
+# Revision 3: a send never posts a CommandUUID twice and stops being waited for once the
+# step is over (every command answered, check-out, re-enrollment); what a send could
+# not deliver is sent again at the next re-push instead of failing the run.
+IDEMPOTENT_SEND_REVISION = 3
 
 ENGINE_DEFAULT_STEP_TIMEOUT = timedelta(hours=72)
 # Re-push intervals while commands are outstanding; the last one repeats.
@@ -66,6 +78,13 @@ SEND_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1),
     backoff_coefficient=2.0,
     maximum_interval=timedelta(minutes=1),
+)
+# Revision 3: bounded; the last attempt reports what it could not send (about 2 minutes).
+BOUNDED_SEND_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(minutes=1),
+    maximum_attempts=SEND_MAX_ATTEMPTS,
 )
 
 
@@ -94,6 +113,10 @@ class MdmWorkflow:
         self._answers: list[CommandReport | None] = []
         self._reset: EnrollmentReset | None = None
         self._checked_out = False
+        # Current step's CommandUUIDs the MDM server has not confirmed ("unsent":
+        # certainly not queued; "unsure": the send's outcome was lost). Sent again at
+        # the next re-push, under the same UUIDs.
+        self._unconfirmed: dict[str, Literal["unsent", "unsure"]] = {}
 
     # ---- lifecycle -------------------------------------------------------------------
 
@@ -223,6 +246,7 @@ class MdmWorkflow:
         ]
         self._awaiting = {q.command_uuid: i for i, q in enumerate(queued)}
         self._answers = [None] * len(queued)
+        self._unconfirmed = {}
 
         reset: str | None = None
         timed_out = False
@@ -239,15 +263,23 @@ class MdmWorkflow:
         record.status = "timed_out" if timed_out else "reset" if reset else "completed"
         record.finished_at = workflow.now()
         outcome = StepOutcome(
-            name=name, results=list(self._answers), timed_out=timed_out, reset=reset
+            name=name,
+            results=list(self._answers),
+            timed_out=timed_out,
+            reset=reset,
+            send_error=record.send_error if self._unconfirmed else None,
         )
         self._awaiting = {}
         self._answers = []
+        self._unconfirmed = {}
         return outcome
 
     async def _send(
         self, record: StepRecord, queued: list[QueuedCommand], deadline: datetime
     ) -> None:
+        if self.input.revision >= IDEMPOTENT_SEND_REVISION:
+            await self._send_commands(record, queued, f"send {record.name}", deadline)
+            return
         try:
             result = await workflow.execute_activity(
                 "mdm.send_step",
@@ -269,6 +301,84 @@ class MdmWorkflow:
             ) from exc
         record.pushes += 1
         record.push_error = result.push_error
+
+    async def _send_commands(
+        self,
+        record: StepRecord,
+        queued: list[QueuedCommand],
+        summary: str,
+        deadline: datetime | None = None,
+    ) -> None:
+        """Send through ``mdm.send_step`` and note what the MDM server confirmed.
+
+        The step does not wait for a send that is still retrying once it is over: every
+        command answered, the device checked out, or re-enrolled where that ends the
+        step. What could not be sent is sent again at the next re-push.
+        """
+        # "unsent" ones never reached the server; "unsure" ones may be queued already
+        unsure = [
+            q.command_uuid for q in queued if self._unconfirmed.get(q.command_uuid) == "unsure"
+        ]
+        handle = workflow.start_activity(
+            "mdm.send_step",
+            SendStepInput(enrollment_id=self.input.enrollment_id, commands=queued, unsure=unsure),
+            start_to_close_timeout=timedelta(seconds=60),
+            # a worker that dies mid-send is noticed in seconds, not after a minute
+            heartbeat_timeout=SEND_HEARTBEAT_TIMEOUT,
+            retry_policy=BOUNDED_SEND_RETRY,
+            result_type=SendStepResult,
+            summary=summary,
+        )
+        timeout = None
+        if deadline is not None:
+            timeout = max(deadline - workflow.now(), timedelta(seconds=1))
+        try:
+            await workflow.wait_condition(
+                lambda: handle.done() or self._step_over(), timeout=timeout
+            )
+        except TimeoutError:
+            pass
+        if not handle.done():
+            handle.cancel()  # the step is over (or out of time); the send is moot
+            return
+        try:
+            result = await handle
+        except ActivityError as exc:
+            cause = exc.cause
+            if isinstance(cause, ApplicationError) and cause.non_retryable:
+                raise ApplicationError(
+                    f"step {record.name!r}: the MDM server did not take the commands: "
+                    f"{cause.message}",
+                    type="EnqueueFailed",
+                    non_retryable=True,
+                ) from exc
+            # Lost with its last attempt: whatever it queued is unknown.
+            record.send_error = f"send failed: {cause or exc}"
+            for q in queued:
+                self._unconfirmed[q.command_uuid] = "unsure"
+            workflow.logger.warning("%s: %s", record.name, record.send_error)
+            return
+        for uuid in (*result.queued, *result.already_queued, *result.uncertain):
+            self._unconfirmed.pop(uuid, None)
+        for uuid in result.unsent:
+            self._unconfirmed[uuid] = "unsent"
+        record.send_error = result.send_error
+        if result.uncertain:
+            record.send_error = (
+                f"{result.send_error}; not posted again, so the device runs it at most once: "
+                + ", ".join(result.uncertain)
+            )
+        if len(result.unsent) < len(queued):
+            record.pushes += 1
+            record.push_error = result.push_error
+
+    def _step_over(self) -> bool:
+        """Nothing more to send for this step: answered, checked out, or reset to fail."""
+        return (
+            self._all_answered()
+            or self._checked_out
+            or (self._reset is not None and self.ON_ENROLLMENT_RESET == "fail")
+        )
 
     def _all_answered(self) -> bool:
         return all(a is not None for a in self._answers)
@@ -314,6 +424,9 @@ class MdmWorkflow:
                 self._awaiting[alias] = i
                 again.append(QueuedCommand(command_uuid=alias, command=command))
         workflow.logger.info("re-sending %d command(s) after re-enrollment", len(again))
+        if self.input.revision >= IDEMPOTENT_SEND_REVISION:
+            await self._send_commands(record, again, f"re-send {record.name} after re-enrollment")
+            return
         await workflow.execute_activity(
             "mdm.send_step",
             SendStepInput(enrollment_id=self.input.enrollment_id, commands=again),
@@ -342,6 +455,9 @@ class MdmWorkflow:
                     progress.reissued_as.append(alias)
                     self._awaiting[alias] = i
                     reissue.append(QueuedCommand(command_uuid=alias, command=command))
+        if self.input.revision >= IDEMPOTENT_SEND_REVISION:
+            await self._repush_v3(record, commands, reissue)
+            return
         try:
             if reissue:
                 await workflow.execute_activity(
@@ -365,3 +481,31 @@ class MdmWorkflow:
             # A failed re-push is not fatal: the commands are queued, the device will ask.
             record.push_error = str(exc.cause or exc)
             workflow.logger.warning("re-push for %s failed: %s", record.name, exc)
+
+    async def _repush_v3(
+        self, record: StepRecord, commands: Sequence[Command], reissue: list[QueuedCommand]
+    ) -> None:
+        """Re-push; first send again, under the same UUIDs, what was never confirmed."""
+        again = [
+            QueuedCommand(command_uuid=uuid, command=commands[self._awaiting[uuid]])
+            for uuid in self._unconfirmed
+            if self._answers[self._awaiting[uuid]] is None
+        ]
+        if again or reissue:
+            await self._send_commands(record, again + reissue, f"re-send {record.name}")
+            return
+        try:
+            result = await workflow.execute_activity(
+                "mdm.push",
+                PushInput(enrollment_ids=[self.input.enrollment_id]),
+                start_to_close_timeout=timedelta(seconds=30),
+                retry_policy=RetryPolicy(maximum_attempts=5),
+                result_type=PushResult,
+                summary=f"re-push {record.name}",
+            )
+        except ActivityError as exc:
+            # A failed re-push is not fatal: the commands are queued, the device will ask.
+            record.push_error = str(exc.cause or exc)
+            return
+        record.pushes += 1
+        record.push_error = result.push_error

@@ -18,8 +18,9 @@ from protocol.results import CommandReport
 # an earlier version keeps replaying the code path it was started on, at no cost in
 # history (``workflow.patched`` would add a marker and a search-attribute upsert to
 # every run). Revisions: 1 = v0.1 (store writes as activities); 2 = store writes as
-# local activities.
-ENGINE_REVISION = 2
+# local activities; 3 = idempotent, bounded sends that a finished step stops waiting for
+# (``workflows.engine.IDEMPOTENT_SEND_REVISION``).
+ENGINE_REVISION = 3
 
 
 class RevisionTooNew(RuntimeError):
@@ -80,6 +81,9 @@ class StepRecord(BaseModel):
     commands: list[CommandProgress] = Field(default_factory=list)
     pushes: int = 0
     push_error: str | None = None
+    # What the MDM server could not take (unreachable, or an answer lost in transit);
+    # unconfirmed commands are sent again, under the same UUIDs, at the next re-push.
+    send_error: str | None = None
 
 
 class EnrollmentReset(BaseModel):
@@ -97,6 +101,8 @@ class StepOutcome(BaseModel):
     timed_out: bool = False
     # Set when the enrollment was reset while the step waited (see MdmWorkflow).
     reset: str | None = None
+    # Why some commands never reached the MDM server, when that is why they are missing.
+    send_error: str | None = None
 
     @property
     def incomplete(self) -> bool:
@@ -118,7 +124,10 @@ class StepOutcome(BaseModel):
             return f"step {self.name!r} ended: the enrollment was {self.reset}"
         if self.timed_out:
             missing = sum(1 for r in self.results if r is None)
-            return f"step {self.name!r} timed out with {missing} command(s) unanswered"
+            text = f"step {self.name!r} timed out with {missing} command(s) unanswered"
+            if self.send_error:
+                text += f"; the MDM server never took some of them ({self.send_error})"
+            return text
         if self.errors:
             return f"step {self.name!r}: " + "; ".join(
                 f"{r.request_type or r.command_uuid}: {r.error_summary}" for r in self.errors

@@ -17,6 +17,8 @@ import uvicorn
 
 from simulator.fleet import Fleet
 
+MM_AUTH = ("micromdm", "nanomdm")  # MicroMDM's Basic user with the default API key
+
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
@@ -153,6 +155,20 @@ class Sim:
         return await self.client.put(
             f"/v1/enqueue/{id_part}", content=body, params={"nopush": "1"} if nopush else None
         )
+
+    async def mm_command(
+        self, target: str, request_type: str, command_uuid: str | None = None, **fields: Any
+    ) -> httpx.Response:
+        """POST a raw command to MicroMDM's ``/v1/commands/{target}`` (nothing is pushed)."""
+        cmd_uuid = command_uuid or str(uuid.uuid4()).upper()
+        body = plistlib.dumps(
+            {"Command": {"RequestType": request_type, **fields}, "CommandUUID": cmd_uuid}
+        )
+        return await self.client.post(f"/v1/commands/{target}", content=body, auth=MM_AUTH)
+
+    async def mm_push(self, target: str) -> httpx.Response:
+        """MicroMDM's ``POST /v1/push/{target}``."""
+        return await self.client.post(f"/v1/push/{target}", auth=MM_AUTH)
 
     async def run(self, enrollment_id: str, request_type: str, **fields: Any) -> Event:
         """Enqueue one command, push, wait, and return its final report."""

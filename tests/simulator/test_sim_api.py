@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import plistlib
 import re
 
@@ -163,21 +164,33 @@ async def test_micromdm_endpoints(sim: Sim) -> None:
     r = await sim.client.post(f"/v1/commands/{dev}", content=body, auth=mm)
     assert r.status_code == 201
     assert r.json() == {
-        "payload": {"command_uuid": "MM-1", "command": {"request_type": "ProfileList"}}
+        "payload": {
+            "udid": dev,
+            "command_uuid": "MM-1",
+            "command": {"request_type": "ProfileList"},
+            "payload": base64.b64encode(body).decode(),
+        }
     }
-    # the user channel is addressed by bare UserID
+    # the user channel is addressed by bare UserID; PUT works like POST
     body2 = plistlib.dumps({"Command": {"RequestType": "ProfileList"}, "CommandUUID": "MM-2"})
-    r2 = await sim.client.post("/v1/commands/USER-GUID-1", content=body2, auth=mm)
-    assert r2.status_code == 201
+    r2 = await sim.client.put("/v1/commands/USER-GUID-1", content=body2, auth=mm)
+    assert r2.status_code == 201 and r2.json()["payload"]["udid"] == "USER-GUID-1"
+    await sim.fleet.wait_idle(5)
+    assert sim.connects(dev) == [] and sim.connects(user) == []  # queued, not pushed
+    p = await sim.client.post(f"/v1/push/{dev}", auth=mm)
+    assert p.status_code == 200 and p.json()["status"] == "success"
+    assert UUID_RE.match(p.json()["push_notification_id"])
+    p2 = await sim.client.get("/push/USER-GUID-1", auth=mm)
+    assert p2.status_code == 200 and p2.json()["status"] == "success"
+    assert (await sim.client.post(f"/push/{dev}", auth=mm)).status_code == 200
     await sim.fleet.wait_idle(5)
     assert ("Acknowledged", "MM-1") in sim.connects(dev)
     assert ("Acknowledged", "MM-2") in sim.connects(user)
-    p = await sim.client.post(f"/v1/push/{dev}", auth=mm)
-    assert p.status_code == 200 and p.json()["status"] == "success"
-    p2 = await sim.client.post(f"/push/{dev}", auth=mm)
-    assert p2.status_code == 200
     assert (await sim.client.post(f"/v1/commands/{dev}", content=body)).status_code == 401
+    assert (await sim.client.get(f"/push/{dev}")).status_code == 401
+    assert (await sim.client.post("/v1/devices")).status_code == 401
     bad = await sim.client.post(f"/v1/commands/{dev}", content=b"junk", auth=mm)
-    assert bad.status_code == 400
+    assert bad.status_code == 500
+    assert bad.json()["error"].startswith("parse payload as plist: ")
     missing = await sim.client.post("/v1/commands/NOPE", content=body, auth=mm)
-    assert missing.status_code == 404
+    assert missing.status_code == 201  # MicroMDM queues for any UDID
