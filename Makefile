@@ -1,10 +1,11 @@
-# mdmflow: `make run` starts everything, `make test` checks everything (offline).
+# mdmflow: `make run` starts everything, `make test` checks everything (offline),
+# `make check` is the fast inner loop (no real Temporal dev server).
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint typecheck unit bench chaos clean
+.PHONY: run test check e2e browser lint typecheck unit bench chaos clean
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -24,7 +25,19 @@ typecheck: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/pytest
 
-test: lint typecheck unit
+test: lint typecheck browser unit
+
+# The Web UI codec test drives Debian's chromium; without it that one test skips.
+browser:
+	@command -v chromium >/dev/null 2>&1 || apt-get install -y -q chromium >/dev/null 2>&1 \
+		|| echo "chromium not installed (apt-get install chromium): the browser test skips"
+
+# Test tiers (markers set in tests/conftest.py): unit, workflow, e2e, chaos, postgres.
+check: lint typecheck
+	$(BIN)/pytest -m "unit or workflow"
+
+e2e: $(STAMP)
+	$(BIN)/pytest -m "e2e or chaos"
 
 bench: $(STAMP)
 	$(BIN)/python bench/run.py

@@ -10,6 +10,7 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from temporalio.runtime import Runtime
 from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
@@ -22,7 +23,9 @@ from activities.profiles import ProfileActivities
 from activities.starting import StartActivities
 from escrow.sealing import load_master_key
 from mdmflow import config, eventloop
-from mdmflow.temporal_client import connect
+from mdmflow.logs import configure_logging
+from mdmflow.search_setup import startup_problem
+from mdmflow.temporal_client import connect, sdk_runtime, tls_config
 from starter.deps import Services
 from store.db import open_engine
 from workflows.catalog import ALL_WORKFLOWS
@@ -67,11 +70,47 @@ def build_worker(services: Services, mdm: MdmServerClient, **worker_options: Any
     )
 
 
+def metrics_runtime(address: str | None) -> Runtime | None:
+    """The runtime serving SDK metrics at ``address``; without them when it cannot bind.
+
+    Metrics are worth a warning, not a worker: a second worker on the same host (same
+    default port) still runs.
+    """
+    if address is None:
+        return sdk_runtime()
+    try:
+        runtime = sdk_runtime(address)
+    except ValueError as exc:
+        log.warning(
+            "SDK metrics not served (MDMFLOW_WORKER_METRICS=%s: %s); running without them",
+            address,
+            exc,
+        )
+        return sdk_runtime()
+    log.info("SDK metrics at http://%s/metrics", address)
+    return runtime
+
+
 async def run_worker() -> None:
     settings = config.load()
     if not settings.mdm_url:
         raise SystemExit("MDMFLOW_MDM_URL is not set: the worker needs an MDM server to talk to")
-    client = await connect(settings.temporal_address, settings.temporal_namespace)
+    try:
+        security = config.temporal_security()
+        tls_config(security)  # unreadable PEM files stop the start with the setting's name
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from exc
+    client = await connect(
+        settings.temporal_address,
+        settings.temporal_namespace,
+        runtime=metrics_runtime(settings.worker_metrics),
+        security=security,
+    )
+    problem = await startup_problem(client)
+    if problem:
+        # every run would fail to record its step: refuse to start rather than fail them
+        log.error("%s", problem)
+        raise SystemExit(1)
     engine = await open_engine(settings.db_url)
     services = Services.create(
         client, engine, settings.task_queue, load_master_key(settings.var_dir)
@@ -98,9 +137,17 @@ async def run_worker() -> None:
         await engine.dispose()
 
 
-def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+def run() -> None:
+    """Run the worker until stopped (logging already configured)."""
     eventloop.run(run_worker())
+
+
+def main() -> None:
+    try:
+        configure_logging(verbose=False)
+    except ValueError as exc:  # a bad MDMFLOW_LOG_FORMAT
+        raise SystemExit(str(exc)) from exc
+    run()
 
 
 if __name__ == "__main__":

@@ -22,11 +22,11 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-NAMES = ("engine_overhead", "relay", "step_latency", "fleet", "settings")
+NAMES = ("engine_overhead", "relay", "step_latency", "fleet", "settings", "scale_out")
 
 
 def _jobs(args: argparse.Namespace) -> dict[str, Callable[[], Awaitable[dict[str, Any]]]]:
-    from bench import engine_overhead, fleet, relay, settings, step_latency
+    from bench import engine_overhead, fleet, relay, scale_out, settings, step_latency
 
     return {
         "engine_overhead": lambda: engine_overhead.run(args.workflows),
@@ -34,6 +34,8 @@ def _jobs(args: argparse.Namespace) -> dict[str, Callable[[], Awaitable[dict[str
         "step_latency": lambda: step_latency.run(100),
         "fleet": lambda: fleet.run(args.devices),
         "settings": lambda: settings.run(150),
+        # needs PostgreSQL (MDMFLOW_TEST_PG_URL); 1,000 devices whatever --devices says
+        "scale_out": lambda: scale_out.run(1000),
     }
 
 
@@ -74,6 +76,26 @@ def _summary(results: dict[str, dict[str, Any]]) -> list[tuple[str, str]]:
                 f"{f['peak_rss_mib']['worker']} / {f['peak_rss_mib']['relay']}",
             ),
             ("fleet largest history (events)", f"{f['largest_history_events']}"),
+        ]
+    if so := results.get("scale_out"):
+        steady, kill, rss = so["steady"], so["kill"], so["steady"]["peak_rss_mib"]
+        rows += [
+            (
+                f"scale-out 2 workers + 2 relays, PostgreSQL: {steady['devices']} devices/s",
+                f"{steady['devices_per_s']}",
+            ),
+            (
+                "scale-out peak RSS MiB workers / relays",
+                f"{rss['worker-1']} + {rss['worker-2']} / {rss['relay-1']} + {rss['relay-2']}",
+            ),
+            (
+                f"scale-out kill: {kill['devices']} runs",
+                f"{kill['statuses']} in {kill['seconds']} s",
+            ),
+            (
+                "scale-out kill: reports lost / commands re-issued",
+                f"{kill['reports_failed_at_front']} / {kill['commands_reissued']}",
+            ),
         ]
     if st := results.get("settings"):
         for name, c in st["configs"].items():

@@ -4,6 +4,9 @@ A fresh embedded Temporal dev server (own SQLite file, free port, headless), the
 simulator in this process, and API + relay and worker either in this process or as
 ``python -m mdmflow serve`` / ``python -m mdmflow worker`` subprocesses configured by
 environment, so they can be measured (RSS) and killed (``kill -9``) like the real thing.
+Scale-out (``workers``/``apis`` > 1) adds more such processes beside the first ones, all
+on the one task queue, store and var dir (so one secrets master key); ``db_url`` puts the
+store on PostgreSQL, ``webhook_url`` sends the simulator's webhooks to a front of choice.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ import worker as worker_module
 from activities.mdm_server import NanoMdmClient
 from bench.servers import Outage, RestartableServer, listening_socket
 from escrow.sealing import load_master_key
+from mdmflow import codec
 from mdmflow.temporal_client import connect
 from mdmflow.temporal_server import EAGER_ACTIVITIES, SQLITE_PRAGMAS, DevServer, free_port
 from protocol import routing
@@ -97,14 +101,26 @@ class StackOptions:
     # In-process worker only: extra temporalio Worker arguments (slots, sticky cache).
     worker_tuning: dict[str, Any] = field(default_factory=dict)
     webhook_concurrency: int = 16
+    # processes=True only: how many ``mdmflow worker`` / ``mdmflow serve`` processes; the
+    # first of each is ``worker_proc`` / ``api_proc``, the others ``*_replicas``.
+    workers: int = 1
+    apis: int = 1
+    # The store; None: a SQLite file in the stack's directory.
+    db_url: str | None = None
+    # Where the simulator posts webhooks; None: the first API's ``/webhook``.
+    webhook_url: str | None = None
 
 
 class Stack:
     def __init__(self, options: StackOptions | None = None) -> None:
         self.options = options or StackOptions()
+        if not self.options.processes and (self.options.workers > 1 or self.options.apis > 1):
+            raise ValueError("more than one worker or API needs processes=True")
         self.dir = Path(tempfile.mkdtemp(prefix="mdmflow-bench-"))
+        # one payload key ring for the in-process clients and every child process
+        os.environ.setdefault(codec.ENV_KEYS, codec.KeyRing.generate("bench").format())
         self.queue = f"bench-{uuid.uuid4().hex[:8]}"
-        self.db_url = f"sqlite:///{self.dir / 'mdmflow.db'}"
+        self.db_url = self.options.db_url or f"sqlite:///{self.dir / 'mdmflow.db'}"
         self.temporal = TunedDevServer(
             db_file=self.dir / "temporal.db",
             port=free_port(),
@@ -117,9 +133,14 @@ class Stack:
         self._api_listener: socket.socket | None = listening_socket()
         self.api_port: int = self._api_listener.getsockname()[1]
         self.api_url = f"http://127.0.0.1:{self.api_port}"
+        # the other API processes' ports, held the same way until each binds its own
+        self._replica_listeners = [listening_socket() for _ in range(self.options.apis - 1)]
+        self.replica_api_ports = [s.getsockname()[1] for s in self._replica_listeners]
+        self.worker_replicas: list[subprocess.Popen[bytes]] = []
+        self.api_replicas: list[subprocess.Popen[bytes]] = []
         self.fleet = Fleet(
             FleetConfig(
-                webhook_url=f"{self.api_url}/webhook",
+                webhook_url=self.options.webhook_url or f"{self.api_url}/webhook",
                 webhook_hmac_key=HMAC_KEY,
                 api_key=SIM_KEY,
                 connect_latency=self.options.connect_latency,
@@ -155,13 +176,24 @@ class Stack:
         self._engine = await open_engine(self.db_url)
         await self.fleet.start()
         await self.sim.start()
-        await self.start_api()
-        await self.start_worker()
+        self._spawn_replicas()  # they start up while the first API and worker do
+        try:
+            await self.start_api()
+            await self.start_worker()
+            await self._wait_replicas()
+        except BaseException:
+            for proc in [*self.worker_replicas, *self.api_replicas]:
+                _end(proc, kill=True)
+            raise
         return self
 
     async def __aexit__(self, *_exc: object) -> None:
         await self.stop_worker()
         await self.stop_api()
+        for proc in [*self.worker_replicas, *self.api_replicas]:
+            _end(proc, kill=False)
+        for sock in self._replica_listeners:
+            sock.close()
         await self.sim.stop()
         if self._api_listener is not None:
             self._api_listener.close()
@@ -172,7 +204,7 @@ class Stack:
         self.temporal.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
 
-    def _env(self) -> dict[str, str]:
+    def _env(self, api_port: int | None = None) -> dict[str, str]:
         return {
             **os.environ,
             "TEMPORAL_ADDRESS": self.temporal.address,
@@ -182,15 +214,17 @@ class Stack:
             "MDMFLOW_WEBHOOK_HMAC_KEY": HMAC_KEY,
             "MDMFLOW_DB_URL": self.db_url,
             "MDMFLOW_API_KEY": API_KEY,
-            "MDMFLOW_LISTEN": f"127.0.0.1:{self.api_port}",
+            "MDMFLOW_LISTEN": f"127.0.0.1:{api_port or self.api_port}",
             "MDMFLOW_VAR_DIR": str(self.dir / "var"),
         }
 
-    def _spawn(self, what: str) -> subprocess.Popen[bytes]:
-        log = open(self.dir / f"{what}.log", "ab")  # the child owns it
+    def _spawn(
+        self, what: str, log_name: str | None = None, api_port: int | None = None
+    ) -> subprocess.Popen[bytes]:
+        log = open(self.dir / (log_name or f"{what}.log"), "ab")  # the child owns it
         return subprocess.Popen(
             [sys.executable, "-m", "mdmflow", what],
-            env=self._env(),
+            env=self._env(api_port),
             cwd=ROOT,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -221,6 +255,47 @@ class Stack:
             self._api_server = RestartableServer(app, self._api_listener)
             self._api_listener = None
         await self._api_server.start()
+
+    @property
+    def api_urls(self) -> list[str]:
+        """Every API process's base URL, the first API's first."""
+        return [self.api_url, *(f"http://127.0.0.1:{p}" for p in self.replica_api_ports)]
+
+    def _spawn_replicas(self) -> None:
+        if not self.options.processes:
+            return
+        for i in range(2, self.options.workers + 1):
+            self.worker_replicas.append(self._spawn("worker", f"worker-{i}.log"))
+        for i, (sock, port) in enumerate(
+            zip(self._replica_listeners, self.replica_api_ports, strict=True), start=2
+        ):
+            sock.close()
+            self.api_replicas.append(self._spawn("serve", f"serve-{i}.log", port))
+        self._replica_listeners = []
+
+    async def _wait_replicas(self) -> None:
+        for proc in self.worker_replicas:
+            await self.wait_poller(proc.pid)
+        for i, (proc, url) in enumerate(
+            zip(self.api_replicas, self.api_urls[1:], strict=True), start=2
+        ):
+            await self.wait_serving(url, proc, f"serve-{i}.log")
+
+    async def wait_serving(
+        self, url: str, proc: subprocess.Popen[bytes], log_name: str, timeout: float = 60
+    ) -> None:
+        """Until the API process at ``url`` answers ``/version``."""
+        deadline = time.monotonic() + timeout
+        async with httpx.AsyncClient(base_url=url, timeout=5.0) as http:
+            while True:
+                try:
+                    if (await http.get("/version")).status_code == 200:
+                        return
+                except httpx.TransportError:
+                    pass
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"API did not start: see {self.dir / log_name}")
+                await asyncio.sleep(0.1)
 
     async def stop_api(self, kill: bool = False) -> None:
         """Take the relay away; ``kill`` sends SIGKILL to the subprocess."""

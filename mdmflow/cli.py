@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -31,20 +30,48 @@ def _build() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_up)
 
-    p = sub.add_parser("worker", help="run a worker", description="Run a Temporal worker.")
+    p = sub.add_parser(
+        "worker",
+        help="run a worker",
+        description="Run a Temporal worker. It serves the Temporal SDK's Prometheus metrics "
+        "at http://$MDMFLOW_WORKER_METRICS/metrics (default 127.0.0.1:9464; 'off' turns "
+        "them off) and will not start on a namespace that lacks mdmflow's search "
+        "attributes (see 'mdmflow temporal setup').",
+    )
     p.set_defaults(func=_worker)
 
     p = sub.add_parser(
-        "serve", help="run the API and webhook relay", description="Serve API and /webhook."
+        "serve",
+        help="run the API and webhook relay",
+        description="Serve the API and /webhook. Logs an error at start when the namespace "
+        "lacks mdmflow's search attributes (see 'mdmflow temporal setup').",
     )
     p.set_defaults(func=_serve)
 
     p = sub.add_parser(
         "temporal",
-        help="run only the embedded Temporal dev server",
-        description="Run the Temporal dev server on var/temporal.db in the foreground.",
+        help="run the embedded Temporal dev server, or set up a Temporal namespace",
+        description="Without an action (or with 'serve'): run the embedded Temporal dev "
+        "server on var/temporal.db in the foreground. 'setup': register mdmflow's custom "
+        "search attributes on the Temporal server at TEMPORAL_ADDRESS / TEMPORAL_NAMESPACE "
+        "(once per namespace; safe to repeat).",
     )
     p.set_defaults(func=_temporal)
+    actions = p.add_subparsers(dest="action", metavar="ACTION")
+    actions.add_parser(
+        "serve",
+        help="run the embedded dev server in the foreground (the default)",
+        description="Run the Temporal dev server on var/temporal.db in the foreground.",
+    ).set_defaults(func=_temporal)
+    actions.add_parser(
+        "setup",
+        help="register mdmflow's search attributes on TEMPORAL_ADDRESS",
+        description="Add the custom search attributes mdmflow's runs use (MdmEnrollmentId, "
+        "MdmWorkflowName, MdmInstanceId, MdmStep; Keyword) to TEMPORAL_NAMESPACE on the "
+        "server at TEMPORAL_ADDRESS. Prints what it added and what was there; exits 0 "
+        "when all are present. Temporal Cloud refuses this: add them in the Cloud UI or "
+        "with tcld instead.",
+    ).set_defaults(func=_temporal_setup)
 
     from starter.admin_cli import register as register_admin
     from starter.client_cli import register
@@ -69,7 +96,7 @@ def _up(args: argparse.Namespace) -> int:
 def _worker(_args: argparse.Namespace) -> None:
     import worker
 
-    worker.main()
+    worker.run()
 
 
 def _serve(_args: argparse.Namespace) -> None:
@@ -94,15 +121,49 @@ def _temporal(_args: argparse.Namespace) -> int:
         return 0
 
 
+def _temporal_setup(_args: argparse.Namespace) -> int:
+    from mdmflow import config, eventloop
+    from mdmflow.search_setup import SetupError, setup
+    from mdmflow.temporal_client import connect
+
+    s = config.load()
+
+    async def run() -> tuple[list[str], list[str]]:
+        client = await connect(s.temporal_address, s.temporal_namespace, wait=5.0)
+        return await setup(client, s.temporal_address)
+
+    try:
+        added, present = eventloop.run(run())
+    except RuntimeError as exc:  # Temporal unreachable
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except SetupError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    where = f"{s.temporal_address} namespace {s.temporal_namespace}"
+    if added:
+        print(f"added to {where}: {', '.join(added)}")
+    if present:
+        print(f"already on {where}: {', '.join(present)}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _build().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
-    # One line per HTTP request drowns what the services themselves say.
-    logging.getLogger("httpx").setLevel(logging.DEBUG if args.verbose else logging.WARNING)
-    result = args.func(args)
+    from mdmflow.logs import configure_logging
+
+    try:
+        configure_logging(args.verbose)
+    except ValueError as exc:  # a bad MDMFLOW_LOG_FORMAT
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    # Everything mdmflow writes under var/ (store, Temporal's database, logs, keys) holds
+    # device data or secrets: readable by its owner only.
+    os.umask(0o077)
+    try:
+        result = args.func(args)
+    except KeyboardInterrupt:  # Ctrl-C before a command installed its own handling
+        return 130
     return int(result or 0)
 
 

@@ -28,9 +28,18 @@ class Settings:
     # MicroMDM cannot sign: "user:secret" from its webhook URL, or a secret path segment
     webhook_basic_auth: str | None
     webhook_path_token: str | None
+    # accept unauthenticated webhooks when none of the above is set (trusted networks only)
+    webhook_insecure: bool
+    # addresses of reverse proxies whose X-Forwarded-For is believed (comma-separated)
+    trusted_proxies: str | None
     api_key: str
     listen_host: str
     listen_port: int
+    # where ``mdmflow worker`` serves the SDK's Prometheus metrics; None: not served
+    worker_metrics: str | None = None
+    # HTTPS for the API + relay (PEM files); both None: plain HTTP
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
 
     @property
     def embedded_temporal(self) -> bool:
@@ -43,6 +52,82 @@ def api_key_from(var_dir: Path) -> str:
     if explicit:
         return explicit
     return read_or_create(var_dir / "api_key", new_token)
+
+
+LOG_FORMATS = ("text", "json")
+DEFAULT_WORKER_METRICS = "127.0.0.1:9464"
+_OFF = ("", "off", "none", "false", "no")
+
+
+def log_format() -> str:
+    """``MDMFLOW_LOG_FORMAT``: ``text`` (default) or ``json`` (one object per line)."""
+    value = (_env("MDMFLOW_LOG_FORMAT", "text") or "text").strip().lower()
+    if value not in LOG_FORMATS:
+        raise ValueError(f"MDMFLOW_LOG_FORMAT must be text or json, not {value!r}")
+    return value
+
+
+def worker_metrics() -> str | None:
+    """``MDMFLOW_WORKER_METRICS``: ``host:port``; empty or ``off`` turns the endpoint off."""
+    value = os.environ.get("MDMFLOW_WORKER_METRICS")
+    if value is None:
+        return DEFAULT_WORKER_METRICS
+    value = value.strip()
+    return None if value.lower() in _OFF else value
+
+
+def _path(name: str) -> Path | None:
+    value = _env(name)
+    return Path(value).expanduser() if value else None
+
+
+_TLS_ON = ("1", "on", "true", "yes")
+_TLS_OFF = ("0", "off", "false", "no")
+TEMPORAL_TLS_FILES = ("TEMPORAL_TLS_CA", "TEMPORAL_TLS_CERT", "TEMPORAL_TLS_KEY")
+
+
+@dataclass(frozen=True)
+class TemporalSecurity:
+    """How clients reach Temporal: TLS, an mTLS client certificate, an API key (Cloud)."""
+
+    tls: bool = False
+    ca: Path | None = None  # server CA; None: the system's roots
+    cert: Path | None = None  # client certificate (mTLS)
+    key: Path | None = None
+    server_name: str | None = None  # name to verify, when it differs from the address
+    api_key: str | None = None
+
+
+def temporal_security() -> TemporalSecurity:
+    """``TEMPORAL_TLS``, ``TEMPORAL_TLS_CA/_CERT/_KEY/_SERVER_NAME`` and ``TEMPORAL_API_KEY``.
+
+    Any of the others implies TLS unless ``TEMPORAL_TLS=0`` (an API key in the clear, to a
+    local TLS-terminating proxy, say). Raises ``ValueError`` for a certificate
+    without its key (or the reverse), ``TEMPORAL_TLS=0`` beside TLS files, and TLS
+    settings without ``TEMPORAL_ADDRESS`` (the embedded dev server speaks plain gRPC).
+    """
+    cert, key = _path("TEMPORAL_TLS_CERT"), _path("TEMPORAL_TLS_KEY")
+    if (cert is None) != (key is None):
+        raise ValueError("TEMPORAL_TLS_CERT and TEMPORAL_TLS_KEY go together: set both or neither")
+    ca = _path("TEMPORAL_TLS_CA")
+    server_name = _env("TEMPORAL_TLS_SERVER_NAME")
+    api_key = _env("TEMPORAL_API_KEY")
+    switch = (_env("TEMPORAL_TLS") or "").strip().lower()
+    if switch and switch not in _TLS_ON + _TLS_OFF:
+        raise ValueError(f"TEMPORAL_TLS must be 1 or 0, not {switch!r}")
+    if switch:
+        off = switch in _TLS_OFF
+        if off and any(_env(n) for n in TEMPORAL_TLS_FILES):
+            raise ValueError("TEMPORAL_TLS=0 contradicts TEMPORAL_TLS_CA/_CERT/_KEY")
+        tls = not off
+    else:
+        tls = any(v is not None for v in (ca, cert, server_name, api_key))
+    if (tls or api_key) and _env("TEMPORAL_ADDRESS") is None:
+        raise ValueError(
+            "Temporal TLS and API key settings need TEMPORAL_ADDRESS: "
+            "the embedded dev server has no TLS"
+        )
+    return TemporalSecurity(tls, ca, cert, key, server_name, api_key)
 
 
 def load() -> Settings:
@@ -62,7 +147,12 @@ def load() -> Settings:
         webhook_hmac_key=_env("MDMFLOW_WEBHOOK_HMAC_KEY"),
         webhook_basic_auth=_env("MDMFLOW_WEBHOOK_BASIC_AUTH"),
         webhook_path_token=_env("MDMFLOW_WEBHOOK_PATH_TOKEN"),
+        webhook_insecure=(_env("MDMFLOW_WEBHOOK_INSECURE") or "0").lower() in ("1", "true", "yes"),
+        trusted_proxies=_env("MDMFLOW_TRUSTED_PROXIES"),
         api_key=api_key_from(var_dir),
         listen_host=host or "127.0.0.1",
         listen_port=int(port),
+        worker_metrics=worker_metrics(),
+        tls_cert=_path("MDMFLOW_TLS_CERT"),
+        tls_key=_path("MDMFLOW_TLS_KEY"),
     )

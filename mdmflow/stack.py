@@ -1,8 +1,14 @@
 """``mdmflow up``: the whole embedded stack in one command (what ``make run`` runs).
 
-Starts, in order: the Temporal dev server (unless ``TEMPORAL_ADDRESS`` is set), the
-device simulator (unless ``MDMFLOW_MDM_URL`` is set), the worker, and the API + relay;
-prints where everything is; stops everything cleanly on Ctrl-C or when one part dies.
+Starts each part once what it talks to answers: the Temporal dev server (unless
+``TEMPORAL_ADDRESS`` is set), the API + relay, the device simulator (unless
+``MDMFLOW_MDM_URL`` is set; after the relay, so it sees the devices enroll; its fleet
+kept in ``var/simulator.json``), then the worker. Prints where everything is; stops
+everything quietly on Ctrl-C or when one part dies.
+
+The parts run in their own process groups, so a terminal's Ctrl-C reaches only this
+process, which stops them (SIGTERM, newest first) instead of each one printing its own
+``KeyboardInterrupt``.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 
 import httpx
 
@@ -23,9 +30,13 @@ from mdmflow.temporal_server import DevServer, port_open
 log = logging.getLogger("mdmflow.stack")
 
 
-def _wait_http(url: str, timeout: float, proc: subprocess.Popen[bytes]) -> None:
+def _wait_http(
+    url: str, timeout: float, proc: subprocess.Popen[bytes], cancelled: Callable[[], bool]
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if cancelled():
+            raise InterruptedError(f"stopped while waiting for {url}")
         if proc.poll() is not None:
             raise RuntimeError(f"{proc.args!r} exited with {proc.returncode}")
         try:
@@ -37,6 +48,13 @@ def _wait_http(url: str, timeout: float, proc: subprocess.Popen[bytes]) -> None:
     raise TimeoutError(f"{url} did not answer within {timeout:.0f}s")
 
 
+def _local_url(host: str, port: int) -> str:
+    """Where a browser on this machine reaches a server listening on ``host``."""
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
 class Stack:
     def __init__(self, devices: int) -> None:
         self.settings = config.load()
@@ -44,9 +62,26 @@ class Stack:
         self.children: list[tuple[str, subprocess.Popen[bytes]]] = []
         self.temporal: DevServer | None = None
         self.env = dict(os.environ)
+        self.stopping = False
+
+    def catch_signals(self) -> None:
+        """Ctrl-C and SIGTERM ask to stop (also mid-start); the parts stop in ``stop()``."""
+
+        def on_signal(_sig: int, _frame: object) -> None:
+            self.stopping = True
+
+        signal.signal(signal.SIGINT, on_signal)
+        signal.signal(signal.SIGTERM, on_signal)
+
+    def _cancelled(self) -> bool:
+        return self.stopping
 
     def _spawn(self, name: str, *args: str) -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen([sys.executable, "-m", "mdmflow", *args], env=self.env)
+        if self.stopping:
+            raise InterruptedError(f"stopped before starting the {name}")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "mdmflow", *args], env=self.env, process_group=0
+        )
         self.children.append((name, proc))
         return proc
 
@@ -65,10 +100,17 @@ class Stack:
                 ui_port=ui_port,
                 namespace=s.temporal_namespace,
                 log_file=s.var_dir / "temporal.log",
+                ui_codec_endpoint=f"{_local_url(s.listen_host, s.listen_port)}/codec",
+                own_process_group=True,
+            )
+            # the codec server answers the Web UI on whichever port it was given
+            self.env.setdefault(
+                "MDMFLOW_CODEC_CORS_ORIGINS",
+                f"http://127.0.0.1:{ui_port},http://localhost:{ui_port}",
             )
             log.info("starting Temporal dev server (%s)", self.temporal.db_file)
             self.temporal.start()
-            self.temporal.wait_ready()
+            self.temporal.wait_ready(cancelled=self._cancelled)
         self.env["TEMPORAL_ADDRESS"] = s.temporal_address
         self.env["TEMPORAL_NAMESPACE"] = s.temporal_namespace
         self.env["MDMFLOW_API_KEY"] = s.api_key
@@ -86,7 +128,7 @@ class Stack:
             relay = f"http://{s.listen_host}:{s.listen_port}/webhook"
             sim_args = [
                 "sim", "serve", "--port", sim_port, "--devices", str(self.devices),
-                "--api-key", sim_key,
+                "--api-key", sim_key, "--state-file", str(s.var_dir / "simulator.json"),
             ]  # fmt: skip
             if s.mdm_kind == "micromdm":
                 # MicroMDM cannot sign: it proves itself with credentials in the URL
@@ -102,12 +144,13 @@ class Stack:
                 sim_args += ["--webhook-url", relay, "--hmac-key", hmac_key]
 
         api = self._spawn("api", "serve")
-        self._spawn("worker", "worker")
-        _wait_http(f"http://{s.listen_host}:{s.listen_port}/version", 60, api)
+        _wait_http(f"http://{s.listen_host}:{s.listen_port}/version", 60, api, self._cancelled)
         if sim_args is not None:
-            # after the relay, so it sees the devices enroll (events, enrollment register)
+            # after the relay, so it sees the devices enroll (events, enrollment register);
+            # before the worker, so the worker's first sends find the MDM server up
             sim = self._spawn("simulator", *sim_args)
-            _wait_http(f"{self.env['MDMFLOW_MDM_URL']}/sim/stats", 30, sim)
+            _wait_http(f"{self.env['MDMFLOW_MDM_URL']}/sim/stats", 30, sim, self._cancelled)
+        self._spawn("worker", "worker")
         self._banner()
 
     def _banner(self) -> None:
@@ -123,6 +166,7 @@ class Stack:
         ]
         if self.temporal is not None and self.temporal.ui_port:
             lines.append(f"  Web UI        http://{self.temporal.host}:{self.temporal.ui_port}")
+            lines.append(f"  codec server  {api}/codec   (the Web UI decrypts payloads here)")
         mdm = self.env.get("MDMFLOW_MDM_URL")
         lines.append(f"  MDM server    {mdm} ({self.env.get('MDMFLOW_MDM_KIND', 'nanomdm')})")
         example = self._example_device()
@@ -149,15 +193,7 @@ class Stack:
             return None
 
     def wait(self) -> int:
-        stopping = False
-
-        def on_signal(_sig: int, _frame: object) -> None:
-            nonlocal stopping
-            stopping = True
-
-        signal.signal(signal.SIGINT, on_signal)
-        signal.signal(signal.SIGTERM, on_signal)
-        while not stopping:
+        while not self.stopping:
             for name, proc in self.children:
                 if proc.poll() is not None:
                     log.error("%s exited with %s; stopping", name, proc.returncode)
@@ -166,15 +202,17 @@ class Stack:
         return 0
 
     def stop(self) -> None:
+        """Newest first, each gone before the next: nothing loses what it talks to."""
         for name, proc in reversed(self.children):
             if proc.poll() is None:
                 log.info("stopping %s", name)
                 proc.terminate()
-        for _name, proc in self.children:
             try:
                 proc.wait(timeout=15)
             except subprocess.TimeoutExpired:
+                log.warning("%s did not stop within 15 s; killing it", name)
                 proc.kill()
+                proc.wait()
         if self.temporal is not None:
             log.info("stopping Temporal dev server")
             self.temporal.stop()
@@ -182,9 +220,15 @@ class Stack:
 
 def up(devices: int) -> int:
     stack = Stack(devices)
+    stack.catch_signals()
     try:
         stack.start()
         return stack.wait()
+    except InterruptedError:  # Ctrl-C while starting: stop what runs, quietly
+        return 0
+    except (RuntimeError, TimeoutError) as exc:  # a part did not come up: say which
+        log.error("%s", exc)
+        return 1
     finally:
         stack.stop()
         print("mdmflow stopped", flush=True)

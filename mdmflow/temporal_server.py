@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -57,6 +58,11 @@ class DevServer:
     host: str = "127.0.0.1"
     namespace: str = "default"
     log_file: Path | None = None
+    # where the Web UI posts payloads to be decrypted (the API's codec server)
+    ui_codec_endpoint: str | None = None
+    # Own process group: a terminal's Ctrl-C reaches only whoever started it, which then
+    # stops it (``mdmflow up`` stops its parts in order, without their tracebacks).
+    own_process_group: bool = False
     process: subprocess.Popen[bytes] | None = field(default=None, init=False)
 
     @property
@@ -81,6 +87,8 @@ class DevServer:
         ]
         if self.ui_port:
             cmd += ["--ui-port", str(self.ui_port)]
+            if self.ui_codec_endpoint:
+                cmd += ["--ui-codec-endpoint", self.ui_codec_endpoint]
         else:
             cmd += ["--headless"]
         for pragma in SQLITE_PRAGMAS:
@@ -98,11 +106,25 @@ class DevServer:
     def start(self) -> None:
         self.db_file.parent.mkdir(parents=True, exist_ok=True)
         out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL
-        self.process = subprocess.Popen(self.command(), stdout=out, stderr=subprocess.STDOUT)
+        try:
+            self.process = subprocess.Popen(
+                self.command(),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                process_group=0 if self.own_process_group else None,
+            )
+        finally:
+            if not isinstance(out, int):
+                out.close()  # the server has its own copy
 
-    def wait_ready(self, timeout: float = 60.0) -> None:
+    def wait_ready(
+        self, timeout: float = 60.0, cancelled: Callable[[], bool] | None = None
+    ) -> None:
+        """Wait until it listens; ``cancelled()`` turning true raises ``InterruptedError``."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
+            if cancelled is not None and cancelled():
+                raise InterruptedError("stopped while the Temporal dev server was starting")
             if self.process is not None and self.process.poll() is not None:
                 raise RuntimeError(f"temporal dev server exited with {self.process.returncode}")
             if port_open(self.host, self.port):

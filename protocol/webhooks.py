@@ -40,6 +40,9 @@ class WebhookEvent(BaseModel):
     report: CommandReport | None = None
     # NanoMDM >= 0.9 sends ``ids``; older NanoMDM and MicroMDM do not.
     has_ids: bool = False
+    # Subscription events this webhook fires, worked out at first receipt; a webhook the
+    # relay's inbox delivers again keeps them (see relay.events.EventDispatcher.dispatch).
+    events: list[str] | None = None
 
 
 def _decode_raw(event: dict[str, Any]) -> dict[str, Any]:

@@ -1,9 +1,11 @@
 """``POST /webhook``: verify, parse, hand to Temporal, answer fast.
 
-200: delivered, or understood and deliberately dropped (Idle, foreign commands, late
-reports). 400: not a webhook we can read. 401: not authenticated by any configured
-method (HMAC signature, HTTP Basic credentials, path token; see :mod:`relay.webhook_auth`).
-503: Temporal unreachable (NanoMDM does not retry; the step engine's
+200: delivered, held in the durable inbox while Temporal is unreachable (delivered when
+it is back, see :mod:`relay.inbox`), or understood and deliberately dropped (Idle,
+foreign commands, late reports). 400: not a webhook we can read. 401: not authenticated
+by any configured method (HMAC signature, HTTP Basic credentials, path token; see
+:mod:`relay.webhook_auth`). 413: larger than 1 MiB (not read beyond that). 503: neither
+Temporal nor the store could take it (NanoMDM does not retry; the step engine's
 re-push/re-issue recovers the answer). Bad content never causes a 5xx.
 """
 
@@ -11,20 +13,45 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import Protocol
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from temporalio.service import RPCError
 
 from mdmflow import metrics
-from protocol.webhooks import WebhookError, parse_webhook
-from relay.routing import Router
+from protocol.webhooks import WebhookError, WebhookEvent, parse_webhook
+from relay.inbox import InboxUnavailable
+from relay.routing import Delivery
 from relay.webhook_auth import WebhookAuth
 
 log = logging.getLogger("mdmflow.relay")
 
 
-def webhook_router(get_router: Callable[[], Router], auth: WebhookAuth) -> APIRouter:
+# A device report is a few KiB; the largest (a certificate or app list) well under this.
+MAX_WEBHOOK_BYTES = 1 << 20
+
+
+async def read_capped(request: Request, limit: int) -> bytes | None:
+    """The body, or None once it exceeds ``limit``: read no further than the cap."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        return None
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+class Deliverer(Protocol):
+    async def deliver(self, event: WebhookEvent) -> Delivery: ...
+
+
+def webhook_router(get_router: Callable[[], Deliverer], auth: WebhookAuth) -> APIRouter:
     api = APIRouter()
     summary = "MDM server webhook (NanoMDM / MicroMDM)"
 
@@ -37,8 +64,13 @@ def webhook_router(get_router: Callable[[], Router], auth: WebhookAuth) -> APIRo
         return await _handle(request, token)
 
     async def _handle(request: Request, token: str | None) -> Response:
-        body = await request.body()
         metrics.inc("webhook_received")
+        body = await read_capped(request, MAX_WEBHOOK_BYTES)
+        if body is None:
+            metrics.inc("webhook_too_large")
+            return JSONResponse(
+                {"error": f"webhook larger than {MAX_WEBHOOK_BYTES} bytes"}, status_code=413
+            )
         headers = request.headers
         if not auth.accepts(
             body, headers.get("X-Hmac-Signature"), headers.get("Authorization"), token
@@ -56,6 +88,11 @@ def webhook_router(get_router: Callable[[], Router], auth: WebhookAuth) -> APIRo
             return JSONResponse({"error": str(exc)}, status_code=400)
         try:
             delivery = await get_router().deliver(event)
+        except InboxUnavailable as exc:
+            metrics.inc("webhook_not_held")
+            return JSONResponse(
+                {"error": f"neither Temporal nor the store can take it: {exc}"}, status_code=503
+            )
         except RPCError as exc:
             metrics.inc("webhook_temporal_error")
             log.error("could not signal Temporal: %s", exc)

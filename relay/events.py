@@ -39,6 +39,19 @@ from workflows.registry import WORKFLOWS
 
 log = logging.getLogger("mdmflow.events")
 
+# Temporal could not be reached or did not answer: worth trying again later, unlike a
+# request Temporal refused.
+TEMPORAL_AWAY = frozenset(
+    {
+        RPCStatusCode.UNAVAILABLE,
+        RPCStatusCode.DEADLINE_EXCEEDED,
+        RPCStatusCode.CANCELLED,
+        RPCStatusCode.UNKNOWN,
+        RPCStatusCode.RESOURCE_EXHAUSTED,
+        RPCStatusCode.INTERNAL,
+    }
+)
+
 EVENTS = ("Enrollment", "Authenticate", "TokenUpdate", "CheckOut", "Idle", "IdleNotStartedSince")
 
 
@@ -80,8 +93,14 @@ class EventDispatcher:
         return []
 
     async def dispatch(self, event: WebhookEvent) -> list[str]:
-        """Handle one webhook's events; returns the event names that fired."""
-        names = await self.events_for(event)
+        """Handle one webhook's events; returns the event names that fired.
+
+        The names are worked out once, at first receipt (the register counts check-ins),
+        and kept on the event: a webhook the relay's inbox delivers again reuses them.
+        """
+        if event.events is None:
+            event.events = await self.events_for(event)
+        names = event.events
         if event.kind == "checkin" and event.message_type in ("Authenticate", "CheckOut"):
             await self._reset_running(
                 event.enrollment.id,
@@ -97,9 +116,20 @@ class EventDispatcher:
 
     async def _fire(self, sub: Subscription, event: WebhookEvent) -> None:
         eid = event.enrollment.id
-        if event.event_id and not await self._subscriptions.claim(f"{event.event_id}/{sub.name}"):
+        claim = f"{event.event_id}/{sub.name}"
+        if event.event_id and not await self._subscriptions.claim(claim):
             metrics.inc("event_duplicate")
             return  # the same webhook delivered twice
+        try:
+            await self._start(sub, event, eid)
+        except RPCError:
+            # Temporal is away: give the claim back, so the webhook held in the relay's
+            # inbox fires this subscription when it is delivered again.
+            if event.event_id:
+                await self._subscriptions.unclaim(claim)
+            raise
+
+    async def _start(self, sub: Subscription, event: WebhookEvent, eid: str) -> None:
         try:
             if sub.event == "IdleNotStartedSince" and await self._started_recently(sub, eid):
                 return
@@ -112,21 +142,29 @@ class EventDispatcher:
                 sub.context,
                 url_params={eid: params},
             )
-        except (StartError, RPCError, ValueError) as exc:
-            metrics.inc("event_start_failed")
-            log.error(
-                "event %s: subscription %s could not start %s: %s",
-                sub.event,
-                sub.name,
-                sub.workflow,
-                exc,
-            )
-            await self._subscriptions.record(sub.name, 0, f"{eid}: {exc}")
+        except RPCError as exc:
+            if exc.status in TEMPORAL_AWAY:
+                raise
+            await self._start_failed(sub, eid, exc)
+            return
+        except (StartError, ValueError) as exc:
+            await self._start_failed(sub, eid, exc)
             return
         metrics.inc("event_started", len(result.started))
         if result.started:
             log.info("event %s for %s started %s (%s)", sub.event, eid, sub.workflow, sub.name)
             await self._subscriptions.record(sub.name, len(result.started), None)
+
+    async def _start_failed(self, sub: Subscription, eid: str, exc: Exception) -> None:
+        metrics.inc("event_start_failed")
+        log.error(
+            "event %s: subscription %s could not start %s: %s",
+            sub.event,
+            sub.name,
+            sub.workflow,
+            exc,
+        )
+        await self._subscriptions.record(sub.name, 0, f"{eid}: {exc}")
 
     async def _started_recently(self, sub: Subscription, eid: str) -> bool:
         try:

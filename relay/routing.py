@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Literal
 
 from temporalio.client import Client
@@ -26,7 +27,13 @@ from workflows.registry import BY_CODE, command_response_subscribers
 
 log = logging.getLogger("mdmflow.relay")
 
-Outcome = Literal["signalled", "not_ours", "no_run", "idle", "checkin", "unknown_workflow"]
+# A webhook's signal gives up after this (the relay then holds it in its inbox) instead
+# of waiting out the client's retries while the MDM server's request waits too.
+SIGNAL_TIMEOUT = timedelta(seconds=3)
+
+Outcome = Literal[
+    "signalled", "not_ours", "no_run", "idle", "checkin", "unknown_workflow", "queued"
+]
 
 
 @dataclass
@@ -101,7 +108,9 @@ class Router:
             return Delivery("unknown_workflow")
         workflow_id = routing.workflow_id(wf.NAME, enrollment_id, route.instance_id)
         try:
-            await self._client.get_workflow_handle(workflow_id).signal("command_report", report)
+            await self._client.get_workflow_handle(workflow_id).signal(
+                "command_report", report, rpc_timeout=SIGNAL_TIMEOUT
+            )
         except RPCError as exc:
             if exc.status == RPCStatusCode.NOT_FOUND:
                 metrics.inc("webhook_no_running_workflow")

@@ -3,8 +3,10 @@
 NanoMDM signs each webhook (``X-Hmac-Signature``). MicroMDM cannot sign, but its Go HTTP
 client sends the credentials of its webhook URL (``http://user:secret@host/webhook``)
 as an ``Authorization: Basic`` header, and any sender can be given a URL whose last
-segment is a secret (``/webhook/<token>``). When any of the three is configured, a
-webhook must pass one of them; when none is, webhooks are accepted unauthenticated.
+segment is a secret (``/webhook/<token>``). A webhook must pass one of the configured
+methods. With none configured every webhook is refused (anyone who reaches ``/webhook``
+could otherwise forge an Authenticate that ends a running lock), unless insecure mode is
+set explicitly (``MDMFLOW_WEBHOOK_INSECURE=1``).
 """
 
 from __future__ import annotations
@@ -24,10 +26,16 @@ class WebhookAuth:
     basic: tuple[str, str] | None = None
     # the secret last segment of ``/webhook/<token>``
     path_token: str | None = None
+    # accept webhooks without authentication when no method is configured
+    insecure: bool = False
 
     @classmethod
     def from_settings(
-        cls, hmac_key: str | None, basic: str | None, path_token: str | None
+        cls,
+        hmac_key: str | None,
+        basic: str | None,
+        path_token: str | None,
+        insecure: bool = False,
     ) -> WebhookAuth:
         """From ``MDMFLOW_WEBHOOK_HMAC_KEY``, ``_BASIC_AUTH`` (user:secret), ``_PATH_TOKEN``."""
         pair = None
@@ -36,7 +44,9 @@ class WebhookAuth:
             if not sep or not user or not password:
                 raise ValueError("MDMFLOW_WEBHOOK_BASIC_AUTH must be user:secret")
             pair = (user, password)
-        return cls(hmac_key=hmac_key or None, basic=pair, path_token=path_token or None)
+        return cls(
+            hmac_key=hmac_key or None, basic=pair, path_token=path_token or None, insecure=insecure
+        )
 
     @property
     def required(self) -> bool:
@@ -53,14 +63,14 @@ class WebhookAuth:
             )
             if on
         ]
-        return " or ".join(names) or "none"
+        return " or ".join(names) or "MDMFLOW_WEBHOOK_HMAC_KEY, _BASIC_AUTH or _PATH_TOKEN"
 
     def accepts(
         self, body: bytes, signature: str | None, authorization: str | None, token: str | None
     ) -> bool:
-        """True when the request passes one configured method (or none is configured)."""
+        """True when the request passes one configured method (or insecure mode is on)."""
         if not self.required:
-            return True
+            return self.insecure
         if self.hmac_key and verify(self.hmac_key, body, signature):
             return True
         if self.basic and _basic_matches(authorization, self.basic):

@@ -12,11 +12,13 @@ import json
 import logging
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 import httpx
 
 DEFAULT_URL = "http://127.0.0.1:9000"
+DEFAULT_API_KEY = "nanomdm"
 log = logging.getLogger("simulator")
 
 
@@ -28,24 +30,62 @@ def _client_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--api-key",
-        default=os.environ.get("MDMFLOW_SIM_API_KEY", "nanomdm"),
-        help="API key (Basic auth nanomdm:<key>; default: $MDMFLOW_SIM_API_KEY or nanomdm)",
+        default=None,
+        help="API key (Basic auth nanomdm:<key>; default: $MDMFLOW_SIM_API_KEY, else the "
+        "key `mdmflow up` keeps in $MDMFLOW_VAR_DIR/simulator_api_key (var/), else "
+        f"{DEFAULT_API_KEY})",
     )
+
+
+def api_key_candidates(explicit: str | None) -> list[tuple[str, str]]:
+    """(key, where it came from) to try in order.
+
+    An explicit key (``--api-key`` or ``$MDMFLOW_SIM_API_KEY``) is the only one tried.
+    Otherwise the key ``mdmflow up`` generated for its simulator comes first and the
+    stand-alone default second: a key file left by ``make run`` must not lock out a
+    simulator started by hand with the default key.
+    """
+    if explicit:
+        return [(explicit, "--api-key")]
+    env = os.environ.get("MDMFLOW_SIM_API_KEY")
+    if env:
+        return [(env, "$MDMFLOW_SIM_API_KEY")]
+    key_file = Path(os.environ.get("MDMFLOW_VAR_DIR") or "var") / "simulator_api_key"
+    try:
+        from_file = key_file.read_text().strip()
+    except OSError:
+        from_file = ""
+    default = (DEFAULT_API_KEY, "the default key")
+    if not from_file or from_file == DEFAULT_API_KEY:
+        return [default]
+    return [(from_file, str(key_file)), default]
 
 
 def _request(args: argparse.Namespace, method: str, path: str, **kw: Any) -> int:
     """Call the control API and print its JSON answer; non-2xx gives exit status 1."""
-    try:
-        resp = httpx.request(
-            method,
-            args.url.rstrip("/") + path,
-            auth=("nanomdm", args.api_key),
-            timeout=30.0,
-            **kw,
+    candidates = api_key_candidates(args.api_key)
+    for key, _source in candidates:
+        try:
+            resp = httpx.request(
+                method,
+                args.url.rstrip("/") + path,
+                auth=("nanomdm", key),
+                timeout=30.0,
+                **kw,
+            )
+        except httpx.HTTPError as exc:
+            print(f"error: cannot reach the simulator at {args.url}: {exc}", file=sys.stderr)
+            return 2
+        if resp.status_code != 401:  # a refused key changed nothing: try the next one
+            break
+    else:
+        tried = " and ".join(source for _key, source in candidates)
+        print(
+            f"error: the simulator at {args.url} refused the API key from {tried}; "
+            "pass --api-key or set MDMFLOW_SIM_API_KEY",
+            file=sys.stderr,
         )
-    except httpx.HTTPError as exc:
-        print(f"error: cannot reach the simulator at {args.url}: {exc}", file=sys.stderr)
-        return 2
+        return 1
     try:
         print(json.dumps(resp.json(), indent=2))
     except ValueError:
@@ -64,6 +104,13 @@ def _parse_error(spec: str) -> tuple[str, list[int | str]]:
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"error code {parts[0]!r} is not an integer") from exc
     return request_type, [code, *parts[1:]]
+
+
+def _positive(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0, got {text}")
+    return value
 
 
 # ---- handlers ------------------------------------------------------------------------
@@ -172,13 +219,31 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     )
     p.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=9000, help="listen port (default 9000)")
-    p.add_argument("--devices", type=int, default=5, help="devices to enroll at start (5)")
+    p.add_argument(
+        "--devices",
+        type=int,
+        default=5,
+        help="devices the fleet has at start: enrolls those the state file lacks (5)",
+    )
     p.add_argument(
         "--kind", choices=("mac", "iphone", "ipad"), default="mac", help="kind of those devices"
     )
     p.add_argument("--webhook-url", default=None, help="where to POST webhooks (none: no webhooks)")
     p.add_argument("--hmac-key", default=None, help="sign webhooks with X-Hmac-Signature")
     p.add_argument("--api-key", default="nanomdm", help="API key for Basic auth (nanomdm)")
+    p.add_argument(
+        "--state-file",
+        default=None,
+        help="keep the fleet in this JSON file: loaded at start (those devices come back "
+        "without enrolling again; --devices only tops the fleet up), saved on shutdown and "
+        "every --save-interval seconds (default: none, a new fleet each run)",
+    )
+    p.add_argument(
+        "--save-interval",
+        type=_positive,
+        default=10.0,
+        help="seconds between saves of --state-file (10)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed for all randomness (0)")
     p.add_argument(
         "--latency", type=float, default=0.05, help="seconds from push to connect (0.05)"

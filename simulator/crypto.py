@@ -92,6 +92,10 @@ class FleetCertificates:
             self._entries = self._make()
         return self._entries
 
+    def restore(self, entries: tuple[CertEntry, ...]) -> None:
+        """Use certificates saved by an earlier run (their keys are never made again)."""
+        self._entries = entries
+
     def _make(self) -> tuple[CertEntry, ...]:
         rng = random.Random(f"{self._seed}:certs")
         # Issued a little while ago (by seed, whole days): a real device's identity is

@@ -20,6 +20,7 @@ from dataclasses import dataclass, fields
 from typing import Any, Literal
 
 from simulator import answers, micromdm
+from simulator import state as persist
 from simulator.crypto import FleetCertificates
 from simulator.identity import KINDS, MODELS, OS_RELEASES, Kind, new_serial, new_udid, new_uuid
 from simulator.micromdm import PushFault
@@ -174,6 +175,62 @@ class Fleet:
     def _now(self) -> float:
         loop = self._loop or asyncio.get_running_loop()
         return loop.time()
+
+    # ---- persistence -------------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        """Everything that makes these devices themselves, as JSON (see :mod:`simulator.state`).
+
+        Not kept: counters of this process (``stats``), faults and sessions in flight.
+        """
+        return {
+            "rng": {
+                "devices": persist.rng_state(self._device_rng),
+                "ids": persist.rng_state(self._id_rng),
+                "keys": persist.rng_state(self.ctx.key_rng),
+            },
+            "certificates": persist.encode_certificates(self.ctx.certs.entries()),
+            "command_uuids": sorted(self._command_uuids),
+            "devices": [
+                persist.encode_device(d, self.ctx)
+                for d in self._enrollments.values()
+                if d.parent is None
+            ],
+        }
+
+    def restore(self, doc: dict[str, Any]) -> int:
+        """Bring back a :meth:`snapshot` into this empty fleet; returns how many devices.
+
+        Nothing is posted: the devices were enrolled before, and like real devices
+        after an MDM server restart they connect when next pushed.
+        """
+        if self._enrollments:
+            raise ValueError("restore needs an empty fleet")
+        try:
+            devices = [persist.decode_device(d, self.ctx) for d in doc["devices"]]
+            rngs = doc["rng"]
+            persist.set_rng_state(self._device_rng, rngs["devices"])
+            persist.set_rng_state(self._id_rng, rngs["ids"])
+            persist.set_rng_state(self.ctx.key_rng, rngs["keys"])
+            self.ctx.certs.restore(persist.decode_certificates(doc["certificates"]))
+            uuids = {str(u) for u in doc["command_uuids"]}
+        except (AttributeError, KeyError, TypeError, ValueError, IndexError) as exc:
+            self.ctx.recovery_keys.clear()
+            raise persist.StateError(f"cannot restore the fleet: {exc!r}") from exc
+        self._command_uuids = uuids
+        for dev in devices:
+            self._enrollments[dev.id] = dev
+            for ch in (dev.users or {}).values():
+                self._enrollments[ch.id] = ch
+                if ch.user_id is not None:
+                    self._user_index[ch.user_id] = ch.id
+            if dev.enrolled:
+                self._stats["devices_enrolled"] += 1
+        return len(devices)
+
+    def device_count(self) -> int:
+        """Devices the simulator knows, enrolled or not (user channels not counted)."""
+        return sum(1 for d in self._enrollments.values() if d.parent is None)
 
     # ---- enrollment --------------------------------------------------------------------
 

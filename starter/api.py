@@ -2,7 +2,8 @@
 
 Authentication is HTTP Basic, user ``nanocmd``, password ``MDMFLOW_API_KEY`` (as
 NanoCMD). ``/webhook`` is authenticated by HMAC instead, ``/version`` and ``/metrics``
-are open. OpenAPI is served at ``/docs`` and ``/openapi.json``.
+are open. OpenAPI is served at ``/docs`` and ``/openapi.json``; the docs page loads
+Swagger UI from ``/static/swagger/`` (shipped in ``starter/static``), so it works offline.
 """
 
 from __future__ import annotations
@@ -10,18 +11,23 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path as FilePath
 from typing import Annotated, Any
 
 from fastapi import Body, FastAPI, HTTPException, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.openapi.docs import get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
+from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
+from sqlalchemy.exc import SQLAlchemyError
 from temporalio.client import WorkflowQueryFailedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from mdmflow import __version__, metrics
 from relay.app import webhook_router
 from relay.events import EventDispatcher
+from relay.inbox import DurableRouter, Forwarder, inbox_gauges, render_gauges
 from relay.routing import Router
 from relay.webhook_auth import WebhookAuth
 from starter import runs
@@ -30,11 +36,15 @@ from starter.api_escrow import router as escrow_router
 from starter.api_events import router as events_router
 from starter.api_profiles import router as profiles_router
 from starter.api_schedules import router as schedules_router
+from starter.codec_server import codec_app
 from starter.deps import AUTH, ERRORS, Services, describe_errors, one_of
 from starter.starting import StartError, start_workflow
 from workflows.registry import BY_NAME
 
 log = logging.getLogger("mdmflow.api")
+
+SWAGGER_DIR = FilePath(__file__).parent / "static" / "swagger"
+SWAGGER_URL = "/static/swagger"
 
 
 class StartBody(BaseModel):
@@ -63,16 +73,25 @@ def create_app(
         svc = services if isinstance(services, Services) else await services()
         app.state.services = svc
         events = EventDispatcher(svc.client, svc.task_queue, svc.subscriptions, svc.register)
-        holder["router"] = Router(svc.client, svc.task_queue, events)
-        yield
+        router = Router(svc.client, svc.task_queue, events)
+        durable = DurableRouter(router, svc.inbox)
+        holder["router"] = durable
+        forwarder = Forwarder(durable, router, svc.inbox)
+        forwarder.start()  # delivers what an earlier run of the relay held back
+        try:
+            yield
+        finally:
+            await forwarder.stop()
 
     app = FastAPI(
         title="mdmflow",
         version=__version__,
         description="Durable Apple MDM workflows on Temporal (NanoCMD-compatible API).",
         lifespan=lifespan,
+        docs_url=None,  # served below from local files instead of a CDN
     )
     app.state.api_key = api_key
+    _add_docs(app)
 
     def svc() -> Services:
         s: Services = app.state.services
@@ -107,6 +126,7 @@ def create_app(
     app.include_router(schedules_router)
     app.include_router(profiles_router)
     app.include_router(cmdplans_router)
+    app.mount("/codec", codec_app(lambda: svc().client.data_converter.payload_codec, api_key))
 
     @app.get("/version", tags=["meta"])
     async def version() -> dict[str, str]:
@@ -114,7 +134,11 @@ def create_app(
 
     @app.get("/metrics", tags=["meta"], response_class=PlainTextResponse)
     async def metrics_text() -> str:
-        return metrics.render()
+        try:
+            gauges = await inbox_gauges(svc().inbox)
+        except SQLAlchemyError:
+            gauges = {}
+        return metrics.render() + render_gauges(gauges)
 
     @app.post(
         "/v1/workflow/{name}/start",
@@ -192,3 +216,44 @@ def create_app(
         return state if isinstance(state, dict) else dict(state)
 
     return app
+
+
+def _add_docs(app: FastAPI) -> None:
+    """``/docs`` with Swagger UI's script, style and icon from ``/static/swagger``.
+
+    FastAPI's default page loads them from a CDN and stays blank without Internet. An
+    install without the files (a package built without its data) falls back to the CDN
+    rather than failing to start.
+    """
+    local = (SWAGGER_DIR / "swagger-ui-bundle.js").is_file()
+    if local:
+        app.mount(SWAGGER_URL, StaticFiles(directory=SWAGGER_DIR), name="swagger")
+    else:
+        log.warning("Swagger UI files missing from %s: /docs loads them from a CDN", SWAGGER_DIR)
+    redirect_url = app.swagger_ui_oauth2_redirect_url
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs(request: Request) -> HTMLResponse:
+        root = str(request.scope.get("root_path", "")).rstrip("/")
+        assets: dict[str, Any] = {}
+        if local:
+            url = f"{root}{SWAGGER_URL}"
+            assets = {
+                "swagger_js_url": f"{url}/swagger-ui-bundle.js",
+                "swagger_css_url": f"{url}/swagger-ui.css",
+                "swagger_favicon_url": f"{url}/favicon-32x32.png",
+            }
+        return get_swagger_ui_html(
+            openapi_url=f"{root}{app.openapi_url}",
+            title=f"{app.title} - Swagger UI",
+            oauth2_redirect_url=f"{root}{redirect_url}" if redirect_url else None,
+            # no spec validation badge fetched from validator.swagger.io
+            swagger_ui_parameters={"validatorUrl": None},
+            **assets,
+        )
+
+    if redirect_url:
+
+        @app.get(redirect_url, include_in_schema=False)
+        async def docs_oauth2_redirect() -> HTMLResponse:
+            return get_swagger_ui_oauth2_redirect_html()

@@ -17,6 +17,7 @@ from escrow.sealing import Sealer
 from escrow.store import EscrowStore
 from store.cmdplans import CmdPlanStore
 from store.events import EnrollmentRegister, SubscriptionStore
+from store.inbox import WebhookInbox
 from store.inventory import InventoryStore
 from store.profiles import ProfileStore
 
@@ -31,6 +32,7 @@ class Services:
     profiles: ProfileStore
     cmdplans: CmdPlanStore
     escrow: EscrowStore
+    inbox: WebhookInbox
 
     @classmethod
     def create(
@@ -46,6 +48,7 @@ class Services:
             profiles=ProfileStore(engine),
             cmdplans=CmdPlanStore(engine),
             escrow=EscrowStore(engine, Sealer(master_key)),
+            inbox=WebhookInbox(engine),
         )
 
 

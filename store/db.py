@@ -133,6 +133,33 @@ class EnrollmentRow(Base):
     last_seen: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
+class InboxRow(Base):
+    """A webhook the relay accepted while Temporal could not take it, until delivered.
+
+    The ID gives arrival order; the forwarder delivers each enrollment's entries in it.
+    """
+
+    __tablename__ = "webhook_inbox"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    enrollment_id: Mapped[str] = mapped_column(String(255), index=True)
+    event: Mapped[dict[str, object]] = mapped_column(JSON)
+    received: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # set when delivery kept failing for good; kept for an operator, no longer retried
+    dead: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class LeaseRow(Base):
+    """A named lease one process holds at a time (the inbox forwarder's)."""
+
+    __tablename__ = "leases"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(128))
+    until: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
 class ProfileRow(Base):
     """A stored configuration profile (NanoCMD's profile store), raw as uploaded."""
 

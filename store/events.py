@@ -92,6 +92,11 @@ class SubscriptionStore:
             self._cache = (now, await self.all())
         return [s for s in self._cache[1] if s.event == event]
 
+    async def unclaim(self, key: str) -> None:
+        """Give a claim back: the start it guarded did not happen (Temporal was away)."""
+        async with self._sessions() as session, session.begin():
+            await session.execute(delete(EventClaimRow).where(EventClaimRow.key == key[:255]))
+
     async def claim(self, key: str) -> bool:
         """True the first time ``key`` is claimed, on any relay; False for a duplicate."""
         now = datetime.now(UTC)

@@ -12,6 +12,7 @@ import uuid
 from pathlib import Path
 
 from temporalio.client import WorkflowHistory
+from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
@@ -42,7 +43,8 @@ def save(scenario: str, history: WorkflowHistory) -> None:
 
 
 async def main() -> None:
-    env = await start_time_skipping()
+    # plain payloads: the replay test reads them with any install's keys
+    env = await start_time_skipping(pydantic_data_converter)
     mdm, inv = RecordingMdm(), RecordingInventory()
     queue = "record"
     async with Worker(

@@ -14,11 +14,15 @@ from bench.chaos import (
     fuzz_api,
     mdm_outage,
     relay_outage,
+    temporal_inbox,
     temporal_kill,
     webhook_faults,
     worker_kill,
 )
 from bench.stack import Stack, StackOptions
+
+# Each test starts a whole stack of its own and breaks a part of it.
+pytestmark = pytest.mark.chaos
 
 
 @pytest.fixture
@@ -72,3 +76,12 @@ async def test_schemathesis_finds_no_server_error(stack: Stack) -> None:
     report = await fuzz_api.run(stack, max_examples=10, phases="examples,fuzzing")
     print(report)
     assert report["exit_code"] == 0
+
+
+async def test_temporal_killed_while_devices_answer_the_inbox_loses_nothing(
+    process_stack: Stack,
+) -> None:
+    report = await temporal_inbox.run(process_stack, 10, down_s=1.0, rotate=3)
+    print(report)
+    assert report["webhooks_held_in_inbox"] >= 23
+    assert report["keys_rotated_and_escrowed"] == 3

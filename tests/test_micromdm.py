@@ -284,3 +284,42 @@ async def test_captured_micromdm_webhooks_parse_route_and_authenticate(
     assert refused.status_code == 401
     wrong = await e2e_micromdm.api.post("/webhook", content=lines[0], auth=(WEBHOOK_USER, "x"))
     assert wrong.status_code == 401
+
+
+async def test_a_lock_on_micromdm_with_the_push_hanging_up_locks_once(
+    e2e_micromdm: E2E,
+) -> None:
+    """DeviceLock is destructive: exactly one copy queued, and the PIN the device got is
+    the one escrowed, although every push drops the connection."""
+    e2e = e2e_micromdm
+    (eid,) = await e2e.enroll(1)
+    e2e.fleet.set_faults(push_fault="drop")
+    try:
+        await e2e.start("io.micromdm.wf.lock.v1", eid)
+        state: dict[str, Any] = {}
+        for _ in range(300):
+            state = await run_state(e2e, "io.micromdm.wf.lock.v1", eid)
+            if (state.get("steps") or [{}])[0].get("status") == "pending":
+                break
+            await asyncio.sleep(0.05)
+        (step,) = state["steps"]
+        assert "push failed" in (step["push_error"] or "")
+    finally:
+        e2e.fleet.set_faults(push_fault="none")
+    await e2e.fleet.connect(eid)
+    assert (await e2e.result("io.micromdm.wf.lock.v1", eid))["status"] == "completed"
+    (command,) = step["commands"]
+    assert e2e.fleet.command_copies(command["command_uuid"]) == 1
+    assert e2e.fleet.device_state(eid)["counters"]["answered"] == 1
+
+
+async def test_a_user_channel_on_micromdm_is_reached_by_its_user_id(e2e_micromdm: E2E) -> None:
+    e2e = e2e_micromdm
+    (dev,) = await e2e.enroll(1)
+    user = await e2e.fleet.enroll_user_channel(dev, "USER-GUID-42")
+    await e2e.fleet.wait_idle()
+    assert user == f"{dev}:USER-GUID-42"
+    assert await e2e.services.register.mdm_address(user) == "USER-GUID-42"
+    await e2e.start("io.micromdm.wf.devinfolog.v1", user)
+    assert (await e2e.result("io.micromdm.wf.devinfolog.v1", user))["status"] == "completed"
+    assert e2e.fleet.device_state(user)["counters"]["answered"] == 1

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 from temporalio.client import WorkflowHistory
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
+from tests.conftest import TEST_CONVERTER
 from worker import PASSTHROUGH
 from workflows.catalog import ALL_WORKFLOWS
 
@@ -29,7 +29,8 @@ def test_histories_are_present() -> None:
 async def test_history_replays(path: Path) -> None:
     replayer = Replayer(
         workflows=list(ALL_WORKFLOWS),
-        data_converter=pydantic_data_converter,
+        # decodes what every install records: plain payloads of old histories pass through
+        data_converter=TEST_CONVERTER,
         workflow_runner=SandboxedWorkflowRunner(
             restrictions=SandboxRestrictions.default.with_passthrough_modules(*PASSTHROUGH)
         ),

@@ -20,6 +20,9 @@ from workflows.devinfolog import DevInfoLogWorkflow
 from workflows.lock import LockWorkflow
 from workflows.models import EnrollmentReset
 
+# Some tests run on a time-skipping server of their own (``blocking_env``).
+pytestmark = pytest.mark.workflow
+
 
 class ScriptedSends(RecordingMdm):
     """A send double: each call takes the next scripted behaviour.

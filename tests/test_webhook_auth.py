@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -67,9 +68,16 @@ async def test_any_configured_method_passes_and_hmac_still_works() -> None:
     assert await post(auth, headers={"X-Hmac-Signature": sign("other", BODY)}) == (401, 0)
 
 
-async def test_nothing_configured_accepts_everything() -> None:
-    assert await post(WebhookAuth()) == (200, 1)
-    assert await post(WebhookAuth(), "/webhook/anything") == (200, 1)
+async def test_nothing_configured_refuses_everything_unless_insecure_is_set() -> None:
+    """A forged unsigned Authenticate could end a running lock: secure by default."""
+    assert await post(WebhookAuth()) == (401, 0)
+    assert await post(WebhookAuth(), "/webhook/anything") == (401, 0)
+    insecure = WebhookAuth.from_settings(None, None, None, insecure=True)
+    assert await post(insecure) == (200, 1)
+    assert await post(insecure, "/webhook/anything") == (200, 1)
+    # a configured method still applies in insecure mode
+    both = WebhookAuth.from_settings("hmac-key", None, None, insecure=True)
+    assert await post(both) == (401, 0)
 
 
 def test_basic_setting_must_be_user_and_secret() -> None:
@@ -79,3 +87,23 @@ def test_basic_setting_must_be_user_and_secret() -> None:
     auth = WebhookAuth.from_settings("", "u:p:with:colons", "")
     assert auth.basic == ("u", "p:with:colons") and auth.hmac_key is None
     assert auth.methods() == "HTTP Basic"
+
+
+async def test_an_oversized_webhook_is_refused_before_it_is_read() -> None:
+    big = b'{"topic":"mdm.Connect","pad":"' + b"x" * (2 << 20) + b'"}'
+    recorder = Recorder()
+    app = FastAPI()
+    insecure = WebhookAuth(insecure=True)
+    app.include_router(webhook_router(lambda: recorder, insecure))  # type: ignore[arg-type, return-value]
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://relay") as client:
+        declared = await client.post("/webhook", content=big)
+        assert declared.status_code == 413
+
+        async def stream() -> AsyncIterator[bytes]:  # no Content-Length: counted as read
+            for _ in range(3):
+                yield b"x" * (1 << 19)
+
+        streamed = await client.post("/webhook", content=stream())
+        assert streamed.status_code == 413
+    assert recorder.delivered == []

@@ -1,4 +1,4 @@
-"""``make chaos``: the six chaos scenarios, long versions; prints what broke and what counted.
+"""``make chaos``: the seven chaos scenarios, long versions; prints what broke and what counted.
 
     .venv/bin/python -m bench.chaos [--only worker_kill ...] [--scale 1.0]
 
@@ -20,6 +20,7 @@ from bench.chaos import (
     fuzz_api,
     mdm_outage,
     relay_outage,
+    temporal_inbox,
     temporal_kill,
     webhook_faults,
     worker_kill,
@@ -47,6 +48,10 @@ def scenarios(scale: float) -> dict[str, tuple[StackOptions, Scenario]]:
         ),
         "webhook_faults": (inproc, lambda s: webhook_faults.run(s, n(500), seed=11)),
         "fuzz_api": (inproc, lambda s: fuzz_api.run(s, max_examples=50)),
+        "temporal_inbox": (
+            procs,
+            lambda s: temporal_inbox.run(s, n(500), down_s=60.0, rotate=n(50)),
+        ),
     }
 
 

@@ -8,7 +8,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from bench.stack import Stack
+from bench.stack import DEVINFOLOG, Stack
 
 
 async def until(what: str, check: Callable[[], bool], timeout: float = 60) -> None:
@@ -30,9 +30,11 @@ def answered_per_device(stack: Stack, ids: Sequence[str]) -> Counter[int]:
     return Counter(stack.fleet.device_state(e)["counters"]["answered"] for e in ids)
 
 
-async def check_all_completed(stack: Stack, ids: Sequence[str]) -> dict[str, int]:
+async def check_all_completed(
+    stack: Stack, ids: Sequence[str], workflow: str = DEVINFOLOG
+) -> dict[str, int]:
     """Every run completed; returns the count per final status (for the report)."""
-    results = await stack.results(ids)
+    results = await stack.results(ids, workflow)
     statuses = Counter(str(r["status"]) for r in results.values())
     assert statuses == {"completed": len(ids)}, f"runs not all completed: {dict(statuses)}"
     return dict(statuses)

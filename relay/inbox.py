@@ -1,0 +1,184 @@
+"""Nothing lost while Temporal is away: deliver a webhook now, or hold it in the inbox.
+
+:class:`DurableRouter` answers the relay's "delivered?" question: delivered to Temporal,
+or written to the store's inbox (``store.inbox``) when Temporal cannot take it. Only
+when neither works does the relay answer 503. A webhook for an enrollment that already
+has entries waiting is queued behind them, so each enrollment's webhooks reach its runs
+in arrival order. :class:`Forwarder` delivers the inbox as soon as Temporal is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy.exc import SQLAlchemyError
+from temporalio.service import RPCError
+
+from mdmflow import metrics
+from protocol.webhooks import WebhookEvent
+from relay.routing import Delivery, Router
+from store.inbox import InboxEntry, WebhookInbox
+
+log = logging.getLogger("mdmflow.inbox")
+
+# How often the forwarder looks for due entries, and how long its lease lasts.
+POLL_SECONDS = 0.5
+LEASE = timedelta(seconds=15)
+# The relay checks "does this enrollment have entries waiting?" only while the inbox was
+# seen non-empty this recently: an empty inbox costs the hot path nothing.
+RECENT_SECONDS = 5.0
+# How long after a failed Temporal call the relay stops trying Temporal first (the
+# forwarder keeps trying and reopens the direct path as soon as a delivery succeeds).
+TEMPORAL_DOWN_SECONDS = 5.0
+
+
+class InboxUnavailable(RuntimeError):
+    """Neither Temporal nor the store could take the webhook: the relay answers 503."""
+
+
+class DurableRouter:
+    def __init__(self, router: Router, inbox: WebhookInbox) -> None:
+        self._router = router
+        self._inbox = inbox
+        self._nonempty_until = 0.0  # monotonic time until which "maybe non-empty" holds
+        # After Temporal failed a call, webhooks go straight to the inbox for a while:
+        # each would otherwise wait out the client's retries, and NanoMDM's request with it.
+        self._temporal_down_until = 0.0
+
+    def saw_entries(self) -> None:
+        self._nonempty_until = time.monotonic() + RECENT_SECONDS
+
+    def temporal_failed(self) -> None:
+        self._temporal_down_until = time.monotonic() + TEMPORAL_DOWN_SECONDS
+
+    def temporal_answered(self) -> None:
+        self._temporal_down_until = 0.0
+
+    async def deliver(self, event: WebhookEvent) -> Delivery:
+        eid = event.enrollment.id
+        if time.monotonic() < self._temporal_down_until:
+            return await self._queue(event, "Temporal was unreachable moments ago")
+        if time.monotonic() < self._nonempty_until and await self._held(eid):
+            return await self._queue(event, "earlier webhooks of this enrollment wait")
+        try:
+            return await self._router.deliver(event)
+        except RPCError as exc:
+            metrics.inc("webhook_temporal_error")
+            self.temporal_failed()
+            return await self._queue(event, f"Temporal: {exc.message}")
+
+    async def _held(self, enrollment_id: str) -> bool:
+        try:
+            return await self._inbox.holds(enrollment_id)
+        except SQLAlchemyError:
+            return False  # the store is down too: try Temporal directly
+
+    async def _queue(self, event: WebhookEvent, why: str) -> Delivery:
+        try:
+            await self._inbox.add(event)
+        except SQLAlchemyError as exc:
+            log.error("webhook lost to the MDM server's retry policy: %s; store: %s", why, exc)
+            raise InboxUnavailable(why) from exc
+        self.saw_entries()
+        metrics.inc("inbox_queued")
+        log.info("webhook for %s held in the inbox (%s)", event.enrollment.id, why)
+        return Delivery("queued")
+
+
+class Forwarder:
+    """Delivers the inbox while this process holds the forwarder lease."""
+
+    def __init__(self, durable: DurableRouter, router: Router, inbox: WebhookInbox) -> None:
+        self._durable = durable
+        self._router = router
+        self._inbox = inbox
+        self._owner = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
+        self._task: asyncio.Task[None] | None = None
+        self.wake = asyncio.Event()
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="inbox-forwarder")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _run(self) -> None:
+        holding, renew_at = False, 0.0
+        while True:
+            try:
+                if time.monotonic() >= renew_at:  # a store write every few seconds, not per poll
+                    holding = await self._inbox.lease(self._owner, LEASE)
+                    renew_at = time.monotonic() + (LEASE.total_seconds() / 3 if holding else 1.0)
+                if holding:
+                    await self.forward_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # the store may be down: keep trying, quietly
+                log.warning("inbox forwarder: store unavailable", exc_info=True)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), POLL_SECONDS)
+            self.wake.clear()
+
+    async def forward_once(self) -> int:
+        """One pass over the due entries; returns how many were delivered."""
+        entries = await self._inbox.due()
+        if not entries:
+            return 0
+        self._durable.saw_entries()
+        delivered = 0
+        failed: set[str] = set()
+        for entry in entries:
+            eid = entry.event.enrollment.id
+            if eid in failed:
+                continue  # keep this enrollment's order: retry the earlier one first
+            if await self._deliver(entry):
+                delivered += 1
+            else:
+                failed.add(eid)
+        return delivered
+
+    async def _deliver(self, entry: InboxEntry) -> bool:
+        try:
+            await self._router.deliver(entry.event)
+        except RPCError as exc:
+            self._durable.temporal_failed()
+            dead = await self._inbox.failed(entry, f"Temporal: {exc.message}")
+            metrics.inc("inbox_retried")
+            if dead:
+                metrics.inc("inbox_dead")
+                log.error("inbox entry %d given up after %d attempts", entry.id, entry.attempts)
+            return False
+        self._durable.temporal_answered()
+        await self._inbox.delivered(entry.id)
+        metrics.inc("inbox_delivered")
+        return True
+
+
+async def inbox_gauges(inbox: WebhookInbox) -> dict[str, float]:
+    """Depth, oldest entry's age and dead entries, for ``/metrics``."""
+    depth = await inbox.depth()
+    age = (datetime.now(UTC) - depth.oldest).total_seconds() if depth.oldest else 0.0
+    return {
+        "inbox_depth": depth.entries,
+        "inbox_oldest_age_seconds": round(age, 3),
+        "inbox_dead_entries": depth.dead,
+    }
+
+
+def render_gauges(gauges: dict[str, float]) -> str:
+    """Prometheus text for point-in-time values (the counters are mdmflow.metrics')."""
+    lines = []
+    for name, value in sorted(gauges.items()):
+        lines += [f"# TYPE mdmflow_{name} gauge", f"mdmflow_{name} {value}"]
+    return "\n".join(lines) + "\n" if lines else ""
