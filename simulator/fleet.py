@@ -24,7 +24,7 @@ from simulator import state as persist
 from simulator.crypto import FleetCertificates
 from simulator.identity import KINDS, MODELS, OS_RELEASES, Kind, new_serial, new_udid, new_uuid
 from simulator.micromdm import PushFault
-from simulator.model import DeviceBehaviour, Enrollment, QueuedCommand
+from simulator.model import DeviceBehaviour, Enrollment, QueuedCommand, user_channel
 from simulator.webhooks import WebhookFormat, WebhookSender, content_type, event_body
 
 __all__ = [
@@ -296,17 +296,7 @@ class Fleet:
             ch = dev.users[user_id]
             ch.enrolled = True
         else:
-            ch = Enrollment(
-                enrollment_id=f"{dev.udid}:{user_id}",
-                udid=dev.udid,
-                kind=dev.kind,
-                model=dev.model,
-                os=dev.os,
-                serial=dev.serial,
-                attr_seed=self._device_rng.getrandbits(32),
-                parent=dev,
-                user_id=user_id,
-            )
+            ch = user_channel(dev, user_id, self._device_rng.getrandbits(32))
             dev.users[user_id] = ch
             self._enrollments[ch.id] = ch
             self._user_index[user_id] = ch.id

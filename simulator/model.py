@@ -185,3 +185,18 @@ class Enrollment:
         if self.user_id is not None:
             base["UserID"] = self.user_id
         return base
+
+
+def user_channel(dev: Enrollment, user_id: str, attr_seed: int) -> Enrollment:
+    """The user channel ``UDID:UserID`` of ``dev`` (same hardware, its own attributes)."""
+    return Enrollment(
+        enrollment_id=f"{dev.udid}:{user_id}",
+        udid=dev.udid,
+        kind=dev.kind,
+        model=dev.model,
+        os=dev.os,
+        serial=dev.serial,
+        attr_seed=attr_seed,
+        parent=dev,
+        user_id=user_id,
+    )

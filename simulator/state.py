@@ -26,7 +26,7 @@ from typing import Any, cast
 from simulator.answers import AnswerContext
 from simulator.crypto import CertEntry
 from simulator.identity import KINDS, Kind, Model, OSRelease
-from simulator.model import DeviceBehaviour, Enrollment, QueuedCommand
+from simulator.model import DeviceBehaviour, Enrollment, QueuedCommand, user_channel
 from simulator.profiles import InstalledProfile
 
 FORMAT = "mdmflow-simulator-fleet"
@@ -238,17 +238,7 @@ def decode_device(doc: dict[str, Any], ctx: AnswerContext) -> Enrollment:
     dev.apps = doc["apps"]
     for u in doc["users"]:
         user_id = str(u["user_id"])
-        ch = Enrollment(
-            enrollment_id=f"{dev.udid}:{user_id}",
-            udid=dev.udid,
-            kind=dev.kind,
-            model=dev.model,
-            os=dev.os,
-            serial=dev.serial,
-            attr_seed=int(u["attr_seed"]),
-            parent=dev,
-            user_id=user_id,
-        )
+        ch = user_channel(dev, user_id, int(u["attr_seed"]))
         _decode_channel(ch, u)
         if dev.users is None:
             dev.users = {}
