@@ -122,9 +122,10 @@ class EventDispatcher:
             return  # the same webhook delivered twice
         try:
             await self._start(sub, event, eid)
-        except RPCError:
-            # Temporal is away: give the claim back, so the webhook held in the relay's
-            # inbox fires this subscription when it is delivered again.
+        except (RPCError, asyncio.CancelledError):
+            # Temporal is away (or the relay gave up waiting for it): give the claim back,
+            # so the webhook held in the relay's inbox fires this subscription when it is
+            # delivered again (a start that did reach Temporal is refused then as running).
             if event.event_id:
                 await self._subscriptions.unclaim(claim)
             raise

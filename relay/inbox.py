@@ -36,6 +36,9 @@ RECENT_SECONDS = 5.0
 # How long after a failed Temporal call the relay stops trying Temporal first (the
 # forwarder keeps trying and reopens the direct path as soon as a delivery succeeds).
 TEMPORAL_DOWN_SECONDS = 5.0
+# A webhook's delivery to Temporal is given this long before it is held in the inbox
+# instead (the MDM server's request waits meanwhile; NanoMDM gives up after its timeout).
+DELIVER_SECONDS = 4.0
 
 
 class InboxUnavailable(RuntimeError):
@@ -67,11 +70,15 @@ class DurableRouter:
         if time.monotonic() < self._nonempty_until and await self._held(eid):
             return await self._queue(event, "earlier webhooks of this enrollment wait")
         try:
-            return await self._router.deliver(event)
+            return await asyncio.wait_for(self._router.deliver(event), DELIVER_SECONDS)
         except RPCError as exc:
             metrics.inc("webhook_temporal_error")
             self.temporal_failed()
             return await self._queue(event, f"Temporal: {exc.message}")
+        except TimeoutError:
+            metrics.inc("webhook_temporal_error")
+            self.temporal_failed()
+            return await self._queue(event, f"Temporal did not answer in {DELIVER_SECONDS} s")
 
     async def _held(self, enrollment_id: str) -> bool:
         try:
@@ -137,23 +144,19 @@ class Forwarder:
             return 0
         self._durable.saw_entries()
         delivered = 0
-        failed: set[str] = set()
         for entry in entries:
-            eid = entry.event.enrollment.id
-            if eid in failed:
-                continue  # keep this enrollment's order: retry the earlier one first
-            if await self._deliver(entry):
-                delivered += 1
-            else:
-                failed.add(eid)
+            if not await self._deliver(entry):
+                break  # Temporal is away: the next pass tries again (one probe per pass)
+            delivered += 1
         return delivered
 
     async def _deliver(self, entry: InboxEntry) -> bool:
         try:
-            await self._router.deliver(entry.event)
-        except RPCError as exc:
+            await asyncio.wait_for(self._router.deliver(entry.event), DELIVER_SECONDS)
+        except (RPCError, TimeoutError) as exc:
             self._durable.temporal_failed()
-            dead = await self._inbox.failed(entry, f"Temporal: {exc.message}")
+            why = f"Temporal: {exc.message}" if isinstance(exc, RPCError) else "Temporal: no answer"
+            dead = await self._inbox.failed(entry, why)
             metrics.inc("inbox_retried")
             if dead:
                 metrics.inc("inbox_dead")

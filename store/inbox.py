@@ -19,11 +19,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from protocol.webhooks import WebhookEvent
 from store.db import InboxRow, LeaseRow
 
-# Retry backoff: doubling from 1 s up to a minute; after MAX_ATTEMPTS (about 1.5 hours)
-# an entry is marked dead and left for an operator.
-FIRST_RETRY = timedelta(seconds=1)
-MAX_RETRY = timedelta(minutes=1)
-MAX_ATTEMPTS = 100
+# Retry backoff: doubling from half a second up to 10 s, so delivery resumes within
+# seconds of Temporal's return; after MAX_ATTEMPTS (about 1.6 hours of failures) an
+# entry is marked dead and left for an operator.
+FIRST_RETRY = timedelta(seconds=0.5)
+MAX_RETRY = timedelta(seconds=10)
+MAX_ATTEMPTS = 600
 FORWARDER_LEASE = "inbox-forwarder"
 
 
