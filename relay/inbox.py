@@ -70,7 +70,8 @@ class DurableRouter:
         if time.monotonic() < self._nonempty_until and await self._held(eid):
             return await self._queue(event, "earlier webhooks of this enrollment wait")
         try:
-            return await asyncio.wait_for(self._router.deliver(event), DELIVER_SECONDS)
+            async with asyncio.timeout(DELIVER_SECONDS):
+                return await self._router.deliver(event)
         except RPCError as exc:
             metrics.inc("webhook_temporal_error")
             self.temporal_failed()
@@ -152,7 +153,8 @@ class Forwarder:
 
     async def _deliver(self, entry: InboxEntry) -> bool:
         try:
-            await asyncio.wait_for(self._router.deliver(entry.event), DELIVER_SECONDS)
+            async with asyncio.timeout(DELIVER_SECONDS):
+                await self._router.deliver(entry.event)
         except (RPCError, TimeoutError) as exc:
             self._durable.temporal_failed()
             why = f"Temporal: {exc.message}" if isinstance(exc, RPCError) else "Temporal: no answer"
