@@ -15,7 +15,7 @@ import logging
 from collections.abc import Callable
 from typing import Protocol
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
 from temporalio.service import RPCError
 
@@ -24,27 +24,13 @@ from protocol.webhooks import WebhookError, WebhookEvent, parse_webhook
 from relay.inbox import InboxUnavailable
 from relay.routing import Delivery
 from relay.webhook_auth import WebhookAuth
+from starter.body import read_body
 
 log = logging.getLogger("mdmflow.relay")
 
 
 # A device report is a few KiB; the largest (a certificate or app list) well under this.
 MAX_WEBHOOK_BYTES = 1 << 20
-
-
-async def read_capped(request: Request, limit: int) -> bytes | None:
-    """The body, or None once it exceeds ``limit``: read no further than the cap."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        return None
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            return None
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 class Deliverer(Protocol):
@@ -65,8 +51,9 @@ def webhook_router(get_router: Callable[[], Deliverer], auth: WebhookAuth) -> AP
 
     async def _handle(request: Request, token: str | None) -> Response:
         metrics.inc("webhook_received")
-        body = await read_capped(request, MAX_WEBHOOK_BYTES)
-        if body is None:
+        try:
+            body = await read_body(request, MAX_WEBHOOK_BYTES)
+        except HTTPException:
             metrics.inc("webhook_too_large")
             return JSONResponse(
                 {"error": f"webhook larger than {MAX_WEBHOOK_BYTES} bytes"}, status_code=413

@@ -36,6 +36,7 @@ from starter.api_escrow import router as escrow_router
 from starter.api_events import router as events_router
 from starter.api_profiles import router as profiles_router
 from starter.api_schedules import router as schedules_router
+from starter.body import BodyLimit
 from starter.codec_server import codec_app
 from starter.deps import AUTH, ERRORS, Services, describe_errors, one_of
 from starter.starting import StartError, start_workflow
@@ -47,10 +48,18 @@ SWAGGER_DIR = FilePath(__file__).parent / "static" / "swagger"
 SWAGGER_URL = "/static/swagger"
 
 
+# One start's devices: a whole fleet, within what a request and Temporal handle in one go.
+MAX_START_IDS = 50_000
+
+
 class StartBody(BaseModel):
     """IDs in a JSON body: a fleet-sized list does not fit in a URL."""
 
-    ids: list[str] = Field(default_factory=list, description="Enrollment IDs")
+    ids: list[str] = Field(
+        default_factory=list,
+        max_length=MAX_START_IDS,
+        description=f"Enrollment IDs (at most {MAX_START_IDS:,} per start)",
+    )
     context: str | None = Field(default=None, description="Workflow-dependent context")
 
 
@@ -91,6 +100,7 @@ def create_app(
         docs_url=None,  # served below from local files instead of a CDN
     )
     app.state.api_key = api_key
+    app.add_middleware(BodyLimit)  # every body capped by route before it is read
     _add_docs(app)
 
     def svc() -> Services:

@@ -40,3 +40,10 @@ async def test_body_without_ids_is_refused_and_query_form_unchanged(e2e: E2E) ->
     resp = await e2e.api.post(f"/v1/workflow/{DEVINFOLOG}/start", params={"id": eid})
     assert resp.json()["started"] == [eid]
     assert (await e2e.result(DEVINFOLOG, eid))["status"] == "completed"
+
+
+async def test_a_start_is_capped_at_fifty_thousand_ids(e2e: E2E) -> None:
+    ids = [f"{n:08X}-0000-0000-0000-000000000000" for n in range(50_001)]
+    resp = await e2e.api.post(f"/v1/workflow/{DEVINFOLOG}/start", json={"ids": ids})
+    assert resp.status_code == 400
+    assert "50000" in resp.json()["error"]
