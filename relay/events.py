@@ -30,7 +30,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from mdmflow import metrics
 from protocol import routing
 from protocol.webhooks import WebhookEvent
-from starter.runs import running_for_enrollment
+from starter.runs import quote, running_for_enrollment
 from starter.starting import StartError, start_workflow
 from store.events import EnrollmentRegister, Subscription, SubscriptionStore
 from workflows import search_attributes as sa
@@ -174,8 +174,9 @@ class EventDispatcher:
             seconds = 0
         since = datetime.now(UTC) - timedelta(seconds=seconds)
         query = (
-            f"{sa.WORKFLOW_NAME.name} = '{sub.workflow}' AND {sa.ENROLLMENT_ID.name} = '{eid}' "
-            f"AND StartTime > '{since.isoformat()}'"
+            f"{sa.WORKFLOW_NAME.name} = {quote(sub.workflow)} "
+            f"AND {sa.ENROLLMENT_ID.name} = {quote(eid)} "
+            f"AND StartTime > {quote(since.isoformat())}"
         )
         count = await self._client.count_workflows(query)
         return count.count > 0

@@ -9,18 +9,19 @@ from temporalio.client import Client, WorkflowExecution
 from workflows import search_attributes as sa
 
 
-def _quote(value: str) -> str:
+def quote(value: str) -> str:
+    """A visibility-query string literal: every value from outside goes through here."""
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def build_query(instance_id: str | None, enrollment_id: str | None, workflow: str | None) -> str:
     clauses = []
     if instance_id:
-        clauses.append(f"{sa.INSTANCE_ID.name} = {_quote(instance_id)}")
+        clauses.append(f"{sa.INSTANCE_ID.name} = {quote(instance_id)}")
     if enrollment_id:
-        clauses.append(f"{sa.ENROLLMENT_ID.name} = {_quote(enrollment_id)}")
+        clauses.append(f"{sa.ENROLLMENT_ID.name} = {quote(enrollment_id)}")
     if workflow:
-        clauses.append(f"{sa.WORKFLOW_NAME.name} = {_quote(workflow)}")
+        clauses.append(f"{sa.WORKFLOW_NAME.name} = {quote(workflow)}")
     return " AND ".join(clauses)
 
 
@@ -49,8 +50,8 @@ async def list_runs(client: Client, query: str, limit: int = 1000) -> list[dict[
 
 async def running_for_enrollment(client: Client, device_id: str) -> list[tuple[str, str]]:
     """(workflow ID, enrollment ID) of running MDM runs of a device and its user channels."""
-    q = _quote(device_id)
-    prefix = _quote(device_id + ":")
+    q = quote(device_id)
+    prefix = quote(device_id + ":")
     query = (
         f"({sa.ENROLLMENT_ID.name} = {q} OR {sa.ENROLLMENT_ID.name} STARTS_WITH {prefix}) "
         "AND ExecutionStatus = 'Running'"
