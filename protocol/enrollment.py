@@ -28,6 +28,27 @@ USER_ENROLLMENT_DEVICE = "User Enrollment (Device)"
 USER_ENROLLMENT = "User Enrollment"
 
 
+# NanoMDM's enrollment ID column is 255 characters.
+MAX_ENROLLMENT_ID = 255
+
+
+def enrollment_id_problem(eid: str) -> str | None:
+    """Why ``eid`` is not an enrollment ID, or None when it is one.
+
+    The one grammar for the API, the relay and the CLI: what NanoMDM and MicroMDM
+    produce (UDIDs, ``UDID:UserID``, ``UDID:ShortName``, User Enrollment IDs) is
+    1-255 printable characters without whitespace. Control characters, NUL included,
+    would otherwise reach the store and Temporal.
+    """
+    if not eid:
+        return "empty enrollment ID"
+    if len(eid) > MAX_ENROLLMENT_ID:
+        return f"enrollment ID longer than {MAX_ENROLLMENT_ID} characters"
+    if any(c.isspace() or not c.isprintable() for c in eid):
+        return f"enrollment ID {eid!r} contains whitespace or control characters"
+    return None
+
+
 class EnrollmentRef(BaseModel):
     id: str
     type: str

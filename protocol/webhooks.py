@@ -16,7 +16,12 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from protocol import plist
-from protocol.enrollment import EnrollmentRef, derive, micromdm_address
+from protocol.enrollment import (
+    EnrollmentRef,
+    derive,
+    enrollment_id_problem,
+    micromdm_address,
+)
 from protocol.results import CommandReport, ReportError, parse_report
 
 
@@ -72,12 +77,20 @@ def _enrollment(event: dict[str, Any], payload: dict[str, Any]) -> tuple[Enrollm
     return ref, False
 
 
+def _checked(ref: EnrollmentRef, has_ids: bool) -> tuple[EnrollmentRef, bool]:
+    if (problem := enrollment_id_problem(ref.id)) is not None:
+        raise WebhookError(problem)
+    return ref, has_ids
+
+
 def parse_webhook(body: bytes) -> WebhookEvent:
     """Parse and validate one webhook body; raises :class:`WebhookError` with a reason."""
     try:
         doc = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise WebhookError(f"body is not JSON: {exc}") from exc
+    except RecursionError as exc:  # nested deeper than any webhook is
+        raise WebhookError("body is nested too deeply") from exc
     if not isinstance(doc, dict):
         raise WebhookError("body is not a JSON object")
     topic = doc.get("topic")
@@ -88,7 +101,7 @@ def parse_webhook(body: bytes) -> WebhookEvent:
         raise WebhookError("need exactly one of acknowledge_event and checkin_event")
     event: dict[str, Any] = ack if isinstance(ack, dict) else checkin  # type: ignore[assignment]
     payload = _decode_raw(event)
-    enrollment, has_ids = _enrollment(event, payload)
+    enrollment, has_ids = _checked(*_enrollment(event, payload))
     url_params = event.get("url_params") or {}
     if not isinstance(url_params, dict):
         raise WebhookError("url_params is not an object")

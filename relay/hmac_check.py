@@ -14,4 +14,6 @@ def sign(key: str, body: bytes) -> str:
 def verify(key: str, body: bytes, signature: str | None) -> bool:
     if not signature:
         return False
-    return hmac.compare_digest(sign(key, body), signature.strip())
+    # bytes, not str: compare_digest refuses non-ASCII text, and a header is anybody's
+    given = signature.strip().encode("utf-8", "surrogateescape")
+    return hmac.compare_digest(sign(key, body).encode(), given)

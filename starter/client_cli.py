@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from typing import Any
 
 import httpx
 
 from mdmflow import config
+from protocol.enrollment import enrollment_id_problem
 
 
 def api_client(args: argparse.Namespace) -> httpx.Client:
@@ -27,6 +29,10 @@ def print_response(resp: httpx.Response) -> int:
 
 
 def cmd_start(args: argparse.Namespace) -> int:
+    bad = [p for i in args.ids if (p := enrollment_id_problem(i)) is not None]
+    if bad:  # the API would refuse them too: say so before sending anything
+        print(f"error: {bad[0]}", file=sys.stderr)
+        return 2
     params: list[tuple[str, str | int | float | bool | None]] = [("id", i) for i in args.ids]
     if args.context is not None:
         params.append(("context", args.context))

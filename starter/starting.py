@@ -23,13 +23,13 @@ from temporalio.common import (
 from temporalio.exceptions import WorkflowAlreadyStartedError
 
 from protocol import routing
+from protocol.enrollment import enrollment_id_problem
 from workflows import search_attributes as sa
 from workflows.models import ENGINE_REVISION, WorkflowInput
 from workflows.registry import BY_NAME
 
 log = logging.getLogger("mdmflow.starter")
 
-MAX_ENROLLMENT_ID = 255
 START_CONCURRENCY = 32
 
 
@@ -49,8 +49,8 @@ def validate_ids(ids: list[str]) -> list[str]:
         raise StartError("no enrollment IDs given (use ?id=...)")
     seen: dict[str, None] = {}
     for eid in ids:
-        if not eid or len(eid) > MAX_ENROLLMENT_ID or any(c.isspace() for c in eid):
-            raise StartError(f"invalid enrollment ID {eid!r}")
+        if (problem := enrollment_id_problem(eid)) is not None:
+            raise StartError(f"invalid enrollment ID {eid!r}: {problem}")
         seen[eid] = None
     return list(seen)
 

@@ -6,6 +6,9 @@ both can be combined.
 
 from __future__ import annotations
 
+import pytest
+
+from mdmflow.cli import main
 from tests.e2e_stack import E2E
 from workflows.models import WorkflowInput
 
@@ -47,3 +50,13 @@ async def test_a_start_is_capped_at_fifty_thousand_ids(e2e: E2E) -> None:
     resp = await e2e.api.post(f"/v1/workflow/{DEVINFOLOG}/start", json={"ids": ids})
     assert resp.status_code == 400
     assert "50000" in resp.json()["error"]
+
+
+async def test_a_control_character_in_an_id_is_400_at_the_api_and_the_cli(
+    e2e: E2E, capsys: pytest.CaptureFixture[str]
+) -> None:
+    resp = await e2e.api.post(f"/v1/workflow/{DEVINFOLOG}/start", json={"ids": ["A\x00B"]})
+    assert resp.status_code == 400
+    assert "control characters" in resp.json()["error"]
+    assert main(["start", DEVINFOLOG, "A\x01B"]) == 2  # refused before anything is sent
+    assert "control characters" in capsys.readouterr().err
