@@ -51,7 +51,15 @@ class MdmActivities:
             if self._filler is None:
                 raise FillError("this worker cannot fill secrets or stored profiles")
             filled = await self._filler.fill(enrollment_id, qc.command_uuid, qc.command)
-        return qc.command.to_plist(qc.command_uuid, filled)
+        try:
+            return qc.command.to_plist(qc.command_uuid, filled)
+        except (ValueError, TypeError, OverflowError) as exc:
+            # e.g. a control character in a lock message: no retry can build it
+            raise ApplicationError(
+                f"{qc.command.request_type} cannot be built: {exc}",
+                type="CommandBuildError",
+                non_retryable=True,
+            ) from exc
 
     @activity.defn(name="mdm.send_step")
     async def send_step(self, inp: SendStepInput) -> SendStepResult:

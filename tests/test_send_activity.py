@@ -193,3 +193,17 @@ async def test_an_unknown_enrollment_fails_before_anything_is_posted() -> None:
     with pytest.raises(Exception, match="does not know device"):
         await Attempts(MdmActivities(server)).run()
     assert server.calls == []
+
+
+async def test_a_command_that_cannot_be_built_fails_at_once_without_retry() -> None:
+    from temporalio.exceptions import ApplicationError
+
+    server = ScriptedServer()
+    bad = SendStepInput(
+        enrollment_id="E1",
+        commands=[QueuedCommand(command_uuid="u9", command=remove_profile("com.example\x01"))],
+    )
+    with pytest.raises(ApplicationError) as failure:
+        await Attempts(MdmActivities(server)).run(bad)
+    assert failure.value.non_retryable and failure.value.type == "CommandBuildError"
+    assert server.calls == []  # nothing reached the MDM server

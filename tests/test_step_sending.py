@@ -201,3 +201,17 @@ async def test_a_step_never_sent_says_so_when_it_times_out(sends: Harness) -> No
     result = await handle.result()
     assert result.status == "timed_out"
     assert "never took" in result.message and "MicroMDM unreachable" in result.message
+
+
+async def test_re_sends_after_re_enrollment_are_bounded(sends: Harness) -> None:
+    eid, handle = await sends.start()  # inventory re-sends after a re-enrollment
+    await sends.mdm.wait_sent()
+    for n in range(6):
+        await handle.signal(
+            "enrollment_reset", EnrollmentReset(enrollment_id=eid, reason="re-enrolled")
+        )
+        if n < 5:
+            await sends.mdm.wait_sent(n + 2)
+    result = await handle.result()
+    assert result.status != "completed" and "re-enrolled" in result.message
+    assert len(sends.mdm.sent) == 6  # the first send and five re-sends, no more

@@ -72,6 +72,8 @@ REPUSH_SCHEDULE: tuple[timedelta, ...] = (
 )
 # After this many silent re-pushes a read-only command is re-issued, once, under a new UUID.
 REISSUE_AFTER_REPUSHES = 2
+# Re-enrollments a "restart" step re-sends after; one more ends the step (revision 3).
+MAX_RESENDS = 5
 
 SEND_HEARTBEAT_TIMEOUT = timedelta(seconds=10)
 SEND_RETRY = RetryPolicy(
@@ -390,6 +392,7 @@ class MdmWorkflow:
         self, record: StepRecord, commands: Sequence[Command], deadline: datetime
     ) -> Literal["answered", "timed_out", "reset"]:
         silent_repushes = 0
+        resends = 0
         schedule = self._repush_schedule()
         while not self._all_answered():
             remaining = deadline - workflow.now()
@@ -409,6 +412,9 @@ class MdmWorkflow:
             if self._reset is not None and not self._all_answered():
                 if self._checked_out or self.ON_ENROLLMENT_RESET == "fail":
                     return "reset"
+                resends += 1
+                if self.input.revision >= IDEMPOTENT_SEND_REVISION and resends > MAX_RESENDS:
+                    return "reset"  # a device re-enrolling over and over: stop re-sending
                 self._reset = None
                 await self._resend_unanswered(record, commands)
                 silent_repushes = 0
