@@ -71,7 +71,7 @@ def webhook_router(get_router: Callable[[], Deliverer], auth: WebhookAuth) -> AP
             event = parse_webhook(body)
         except WebhookError as exc:
             metrics.inc("webhook_invalid")
-            log.info("webhook refused: %s", exc)
+            log.info("webhook refused: %r", str(exc))
             return JSONResponse({"error": str(exc)}, status_code=400)
         try:
             delivery = await get_router().deliver(event)

@@ -153,7 +153,7 @@ class EventDispatcher:
             return
         metrics.inc("event_started", len(result.started))
         if result.started:
-            log.info("event %s for %s started %s (%s)", sub.event, eid, sub.workflow, sub.name)
+            log.info("event %s for %r started %s (%s)", sub.event, eid, sub.workflow, sub.name)
             await self._subscriptions.record(sub.name, len(result.started), None)
 
     async def _start_failed(self, sub: Subscription, eid: str, exc: Exception) -> None:
@@ -196,7 +196,7 @@ class EventDispatcher:
                     "enrollment_reset", reset.model_copy(update={"enrollment_id": run_enrollment})
                 )
                 metrics.inc("enrollment_reset_signalled")
-                log.info("told %s: %s %s", workflow_id, run_enrollment, reason)
+                log.info("told %r: %r %s", workflow_id, run_enrollment, reason)
             except RPCError as exc:
                 if exc.status != RPCStatusCode.NOT_FOUND:
                     raise

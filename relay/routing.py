@@ -113,13 +113,13 @@ class Router:
         route = routing.parse_command_uuid(report.command_uuid)
         if route is None:
             metrics.inc("webhook_unknown_command_uuid")
-            log.info("dropped report for foreign command %s", report.command_uuid)
+            log.info("dropped report for foreign command %r", report.command_uuid)
             return Delivery("not_ours")
         wf = BY_CODE.get(route.code)
         if wf is None:
             metrics.inc("webhook_unknown_workflow")
             log.warning(
-                "dropped report %s: no workflow with code %r", report.command_uuid, route.code
+                "dropped report %r: no workflow with code %r", report.command_uuid, route.code
             )
             return Delivery("unknown_workflow")
         workflow_id = routing.workflow_id(wf.NAME, enrollment_id, route.instance_id)
@@ -130,7 +130,7 @@ class Router:
         except RPCError as exc:
             if exc.status == RPCStatusCode.NOT_FOUND:
                 metrics.inc("webhook_no_running_workflow")
-                log.info("late report %s: %s is not running", report.command_uuid, workflow_id)
+                log.info("late report %r: %r is not running", report.command_uuid, workflow_id)
                 return Delivery("no_run", workflow_id)
             raise
         metrics.inc("webhook_signalled")
