@@ -47,8 +47,8 @@ class InboxUnavailable(RuntimeError):
 
 class DurableRouter:
     def __init__(self, router: Router, inbox: WebhookInbox) -> None:
-        self._router = router
-        self._inbox = inbox
+        self.router = router
+        self.inbox = inbox
         self._nonempty_until = 0.0  # monotonic time until which "maybe non-empty" holds
         # After Temporal failed a call, webhooks go straight to the inbox for a while:
         # each would otherwise wait out the client's retries, and NanoMDM's request with it.
@@ -57,12 +57,6 @@ class DurableRouter:
     def saw_entries(self) -> None:
         self._nonempty_until = time.monotonic() + RECENT_SECONDS
 
-    def temporal_failed(self) -> None:
-        self._temporal_down_until = time.monotonic() + TEMPORAL_DOWN_SECONDS
-
-    def temporal_answered(self) -> None:
-        self._temporal_down_until = 0.0
-
     async def deliver(self, event: WebhookEvent) -> Delivery:
         eid = event.enrollment.id
         if time.monotonic() < self._temporal_down_until:
@@ -70,26 +64,31 @@ class DurableRouter:
         if time.monotonic() < self._nonempty_until and await self._held(eid):
             return await self._queue(event, "earlier webhooks of this enrollment wait")
         try:
+            return await self.deliver_now(event)
+        except (RPCError, TimeoutError) as exc:
+            metrics.inc("webhook_temporal_error")
+            return await self._queue(event, temporal_problem(exc))
+
+    async def deliver_now(self, event: WebhookEvent) -> Delivery:
+        """Hand to Temporal within DELIVER_SECONDS; a failure keeps the direct path shut."""
+        try:
             async with asyncio.timeout(DELIVER_SECONDS):
-                return await self._router.deliver(event)
-        except RPCError as exc:
-            metrics.inc("webhook_temporal_error")
-            self.temporal_failed()
-            return await self._queue(event, f"Temporal: {exc.message}")
-        except TimeoutError:
-            metrics.inc("webhook_temporal_error")
-            self.temporal_failed()
-            return await self._queue(event, f"Temporal did not answer in {DELIVER_SECONDS} s")
+                delivery = await self.router.deliver(event)
+        except (RPCError, TimeoutError):
+            self._temporal_down_until = time.monotonic() + TEMPORAL_DOWN_SECONDS
+            raise
+        self._temporal_down_until = 0.0
+        return delivery
 
     async def _held(self, enrollment_id: str) -> bool:
         try:
-            return await self._inbox.holds(enrollment_id)
+            return await self.inbox.holds(enrollment_id)
         except SQLAlchemyError:
             return False  # the store is down too: try Temporal directly
 
     async def _queue(self, event: WebhookEvent, why: str) -> Delivery:
         try:
-            await self._inbox.add(event)
+            await self.inbox.add(event)
         except SQLAlchemyError as exc:
             log.error("webhook lost to the MDM server's retry policy: %s; store: %s", why, exc)
             raise InboxUnavailable(why) from exc
@@ -102,13 +101,11 @@ class DurableRouter:
 class Forwarder:
     """Delivers the inbox while this process holds the forwarder lease."""
 
-    def __init__(self, durable: DurableRouter, router: Router, inbox: WebhookInbox) -> None:
+    def __init__(self, durable: DurableRouter) -> None:
         self._durable = durable
-        self._router = router
-        self._inbox = inbox
+        self._inbox = durable.inbox
         self._owner = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
         self._task: asyncio.Task[None] | None = None
-        self.wake = asyncio.Event()
 
     def start(self) -> None:
         if self._task is None:
@@ -134,9 +131,7 @@ class Forwarder:
                 raise
             except Exception:  # the store may be down: keep trying, quietly
                 log.warning("inbox forwarder: store unavailable", exc_info=True)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), POLL_SECONDS)
-            self.wake.clear()
+            await asyncio.sleep(POLL_SECONDS)
 
     async def forward_once(self) -> int:
         """One pass over the due entries; returns how many were delivered."""
@@ -153,21 +148,23 @@ class Forwarder:
 
     async def _deliver(self, entry: InboxEntry) -> bool:
         try:
-            async with asyncio.timeout(DELIVER_SECONDS):
-                await self._router.deliver(entry.event)
+            await self._durable.deliver_now(entry.event)
         except (RPCError, TimeoutError) as exc:
-            self._durable.temporal_failed()
-            why = f"Temporal: {exc.message}" if isinstance(exc, RPCError) else "Temporal: no answer"
-            dead = await self._inbox.failed(entry, why)
+            dead = await self._inbox.failed(entry, temporal_problem(exc))
             metrics.inc("inbox_retried")
             if dead:
                 metrics.inc("inbox_dead")
                 log.error("inbox entry %d given up after %d attempts", entry.id, entry.attempts)
             return False
-        self._durable.temporal_answered()
         await self._inbox.delivered(entry.id)
         metrics.inc("inbox_delivered")
         return True
+
+
+def temporal_problem(exc: RPCError | TimeoutError) -> str:
+    if isinstance(exc, RPCError):
+        return f"Temporal: {exc.message}"
+    return f"Temporal did not answer in {DELIVER_SECONDS} s"
 
 
 async def inbox_gauges(inbox: WebhookInbox) -> dict[str, float]:

@@ -86,7 +86,7 @@ def create_app(
         router = Router(svc.client, svc.task_queue, events)
         durable = DurableRouter(router, svc.inbox)
         holder["router"] = durable
-        forwarder = Forwarder(durable, router, svc.inbox)
+        forwarder = Forwarder(durable)
         forwarder.start()  # delivers what an earlier run of the relay held back
         try:
             yield

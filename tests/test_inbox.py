@@ -51,7 +51,7 @@ async def inbox(db_url: str) -> WebhookInbox:
 def durable(temporal: FlakyTemporal, inbox: WebhookInbox) -> tuple[DurableRouter, Forwarder]:
     router: Router = temporal  # type: ignore[assignment]
     d = DurableRouter(router, inbox)
-    return d, Forwarder(d, router, inbox)
+    return d, Forwarder(d)
 
 
 async def test_held_while_temporal_is_down_then_delivered_in_order(inbox: WebhookInbox) -> None:

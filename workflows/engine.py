@@ -22,6 +22,7 @@ be sent; operator controls and safety policies hook in there.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import ClassVar, Literal
@@ -82,12 +83,16 @@ SEND_RETRY = RetryPolicy(
     maximum_interval=timedelta(minutes=1),
 )
 # Revision 3: bounded; the last attempt reports what it could not send (about 2 minutes).
-BOUNDED_SEND_RETRY = RetryPolicy(
-    initial_interval=timedelta(seconds=1),
-    backoff_coefficient=2.0,
-    maximum_interval=timedelta(minutes=1),
-    maximum_attempts=SEND_MAX_ATTEMPTS,
-)
+BOUNDED_SEND_RETRY = dataclasses.replace(SEND_RETRY, maximum_attempts=SEND_MAX_ATTEMPTS)
+
+
+def _enqueue_failed(record: StepRecord, why: str) -> ApplicationError:
+    """The run's failure when the MDM server refuses a step's commands for good."""
+    return ApplicationError(
+        f"step {record.name!r}: the MDM server did not take the commands: {why}",
+        type="EnqueueFailed",
+        non_retryable=True,
+    )
 
 
 class MdmWorkflow:
@@ -296,11 +301,7 @@ class MdmWorkflow:
             )
         except ActivityError as exc:
             cause = exc.cause.message if isinstance(exc.cause, ApplicationError) else str(exc)
-            raise ApplicationError(
-                f"step {record.name!r}: the MDM server did not take the commands: {cause}",
-                type="EnqueueFailed",
-                non_retryable=True,
-            ) from exc
+            raise _enqueue_failed(record, cause) from exc
         record.pushes += 1
         record.push_error = result.push_error
 
@@ -348,12 +349,7 @@ class MdmWorkflow:
         except ActivityError as exc:
             cause = exc.cause
             if isinstance(cause, ApplicationError) and cause.non_retryable:
-                raise ApplicationError(
-                    f"step {record.name!r}: the MDM server did not take the commands: "
-                    f"{cause.message}",
-                    type="EnqueueFailed",
-                    non_retryable=True,
-                ) from exc
+                raise _enqueue_failed(record, cause.message) from exc
             # Lost with its last attempt: whatever it queued is unknown.
             record.send_error = f"send failed: {cause or exc}"
             for q in queued:
