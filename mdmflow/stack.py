@@ -128,8 +128,11 @@ class Stack:
             relay = f"http://{s.listen_host}:{s.listen_port}/webhook"
             sim_args = [
                 "sim", "serve", "--port", sim_port, "--devices", str(self.devices),
-                "--api-key", sim_key, "--state-file", str(s.var_dir / "simulator.json"),
+                "--state-file", str(s.var_dir / "simulator.json"),
             ]  # fmt: skip
+            # keys reach the simulator by environment (MDMFLOW_MDM_API_KEY and
+            # MDMFLOW_WEBHOOK_HMAC_KEY), never argv: not in the process list, and a key
+            # starting with "-" is not mistaken for an option
             if s.mdm_kind == "micromdm":
                 # MicroMDM cannot sign: it proves itself with credentials in the URL
                 secret = read_or_create(s.var_dir / "webhook_basic_secret", new_token)
@@ -141,7 +144,7 @@ class Stack:
                     s.var_dir / "webhook_hmac_key", new_token
                 )
                 self.env["MDMFLOW_WEBHOOK_HMAC_KEY"] = hmac_key
-                sim_args += ["--webhook-url", relay, "--hmac-key", hmac_key]
+                sim_args += ["--webhook-url", relay]
 
         api = self._spawn("api", "serve")
         _wait_http(f"http://{s.listen_host}:{s.listen_port}/version", 60, api, self._cancelled)

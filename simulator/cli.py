@@ -229,8 +229,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "--kind", choices=("mac", "iphone", "ipad"), default="mac", help="kind of those devices"
     )
     p.add_argument("--webhook-url", default=None, help="where to POST webhooks (none: no webhooks)")
-    p.add_argument("--hmac-key", default=None, help="sign webhooks with X-Hmac-Signature")
-    p.add_argument("--api-key", default="nanomdm", help="API key for Basic auth (nanomdm)")
+    p.add_argument(
+        "--hmac-key",
+        default=os.environ.get("MDMFLOW_WEBHOOK_HMAC_KEY") or None,
+        help="sign webhooks with X-Hmac-Signature (default: $MDMFLOW_WEBHOOK_HMAC_KEY, else "
+        "unsigned)",
+    )
+    p.add_argument(
+        "--api-key",
+        default=os.environ.get("MDMFLOW_MDM_API_KEY") or "nanomdm",
+        help="API key for Basic auth (default: $MDMFLOW_MDM_API_KEY, else nanomdm); taken "
+        "from the environment, a key stays out of the process list",
+    )
     p.add_argument(
         "--state-file",
         default=None,
