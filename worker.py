@@ -16,6 +16,7 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxR
 
 from activities.escrow import EscrowActivities
 from activities.fills import CommandFiller
+from activities.holds import HoldActivities
 from activities.inventory import InventoryActivities
 from activities.mdm import MdmActivities
 from activities.mdm_server import MdmServerClient, make_client
@@ -42,14 +43,21 @@ def build_worker(services: Services, mdm: MdmServerClient, **worker_options: Any
     """The worker with every workflow and activity; ``worker_options`` tune ``Worker``."""
     mdm_acts = MdmActivities(mdm, CommandFiller(services.escrow, services.profiles))
     inv_acts = InventoryActivities(services.store)
-    start_acts = StartActivities(services.client, services.task_queue, services.register)
+    start_acts = StartActivities(
+        services.client, services.task_queue, services.register, services.holds
+    )
+    hold_acts = HoldActivities(services.holds)
     escrow_acts = EscrowActivities(services.escrow)
     profile_acts = ProfileActivities(services.profiles, services.cmdplans, services.register)
     activities: Sequence[Callable[..., Any]] = [
         mdm_acts.send_step,
+        mdm_acts.send_fleet,
         mdm_acts.push,
         inv_acts.store,
         inv_acts.log_device_information,
+        inv_acts.store_many,
+        hold_acts.release,
+        inv_acts.log_device_information_many,
         start_acts.start_workflows,
         escrow_acts.store_cms,
         profile_acts.info,

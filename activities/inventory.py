@@ -27,6 +27,20 @@ class InventoryActivities:
             update.source,
         )
 
+    @activity.defn(name="inventory.store_many")
+    async def store_many(self, updates: list[InventoryUpdate]) -> None:
+        """A fleet run's inventory answers of one workflow task, in one transaction."""
+        await self._store.store_many([(u.enrollment_id, u.values, u.source) for u in updates])
+        log.info("inventory: %d device(s) updated", len(updates))
+
+    @activity.defn(name="inventory.log_device_information_many")
+    async def log_device_information_many(self, entries: list[DeviceInfoLogEntry]) -> None:
+        """A fleet run's DeviceInformation answers of one workflow task, in one write."""
+        await self._store.log_many(
+            [(e.enrollment_id, e.command_uuid, e.query_responses) for e in entries]
+        )
+        log.info("device information: %d entr(ies) logged", len(entries))
+
     @activity.defn(name="inventory.log_device_information")
     async def log_device_information(self, entry: DeviceInfoLogEntry) -> None:
         log.info(

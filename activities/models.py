@@ -49,6 +49,48 @@ class PushResult(BaseModel):
     push_error: str | None = None
 
 
+# Enrollments one fleet send may address (a fleet run's chunk).
+FLEET_SEND_MAX_IDS = 1000
+
+
+class FleetSendInput(BaseModel):
+    """Every command to every listed enrollment, each CommandUUID shared by all of them.
+
+    NanoMDM stores a CommandUUID once, in one enqueue request: a command's enrollments
+    all go in one request (its URL holds every ID), and a UUID sent again reads as
+    "already queued". So a CommandUUID belongs to the enrollments of one fleet send;
+    a later send of it may name those enrollments or fewer, never others.
+    """
+
+    enrollment_ids: list[str]
+    commands: list[QueuedCommand]
+    push: bool = True
+    # Per enrollment, UUIDs an earlier send may or may not have queued (as
+    # SendStepInput.unsure): on a server that queues every copy (MicroMDM) only
+    # read-only ones are posted again.
+    unsure: dict[str, list[str]] = Field(default_factory=dict)
+
+
+class DeviceSendProblem(BaseModel):
+    """What went wrong for one enrollment; devices without a problem got every command queued."""
+
+    # Certainly not queued: the MDM server stayed unreachable through the last attempt.
+    unsent: list[str] = Field(default_factory=list)
+    # Fate unknown on a server that queues copies: not posted again.
+    uncertain: list[str] = Field(default_factory=list)
+    error: str | None = None
+    # Permanent for this device only (unknown enrollment, checked out): its step cannot run.
+    failed: str | None = None
+
+
+class FleetSendResult(BaseModel):
+    problems: dict[str, DeviceSendProblem] = Field(default_factory=dict)
+    # One summary (counts and the first few errors), never one line per device.
+    push_error: str | None = None
+    # Enrollments a push went out for without an error reported.
+    pushed: int = 0
+
+
 class InventoryUpdate(BaseModel):
     enrollment_id: str
     values: dict[str, Any]
@@ -132,3 +174,10 @@ class CertEvaluation(BaseModel):
 class CertDecision(BaseModel):
     replace: bool
     reason: str
+
+
+class ReleaseHolds(BaseModel):
+    """Drop a run's holds on these enrollments (``None``: all of the run's)."""
+
+    workflow_id: str
+    enrollment_ids: list[str] | None = None

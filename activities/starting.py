@@ -10,15 +10,19 @@ from temporalio.client import Client
 from activities.models import StartRequest, StartSummary
 from starter.starting import start_workflow
 from store.events import EnrollmentRegister
+from store.holds import HoldStore
 
 log = logging.getLogger("mdmflow.schedules")
 
 
 class StartActivities:
-    def __init__(self, client: Client, task_queue: str, register: EnrollmentRegister) -> None:
+    def __init__(
+        self, client: Client, task_queue: str, register: EnrollmentRegister, holds: HoldStore
+    ) -> None:
         self._client = client
         self._task_queue = task_queue
         self._register = register
+        self._holds = holds
 
     @activity.defn(name="starter.start_workflows")
     async def start_workflows(self, request: StartRequest) -> StartSummary:
@@ -28,7 +32,12 @@ class StartActivities:
             return StartSummary(instance_id="", started=0, refused=0)
         activity.heartbeat(len(ids))
         result = await start_workflow(
-            self._client, self._task_queue, request.workflow, ids, request.context
+            self._client,
+            self._task_queue,
+            request.workflow,
+            ids,
+            request.context,
+            holds=self._holds,
         )
         return StartSummary(
             instance_id=result.instance_id,

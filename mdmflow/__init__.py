@@ -1,3 +1,3 @@
 """mdmflow: durable Apple MDM workflows on Temporal."""
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"

@@ -59,6 +59,14 @@ class Command(BaseModel):
     def read_only(self) -> bool:
         return self.request_type in READ_ONLY_REQUEST_TYPES
 
+    @property
+    def per_device(self) -> bool:
+        """True when the rendered command differs per enrollment (a new PIN, its own PRK).
+
+        Such a command cannot share one plist, and so one enqueue, across a fleet.
+        """
+        return any(fill.kind in ("new_pin", "current_prk") for fill in self.fills)
+
     def to_plist(self, command_uuid: str, filled: dict[str, Any] | None = None) -> bytes:
         """Render; ``filled`` holds the native values for :attr:`fills`, by position."""
         body: dict[str, Any] = {"RequestType": self.request_type}

@@ -33,7 +33,9 @@ from protocol.webhooks import WebhookEvent
 from starter.runs import quote, running_for_enrollment
 from starter.starting import StartError, start_workflow
 from store.events import EnrollmentRegister, Subscription, SubscriptionStore
+from store.holds import HoldStore
 from workflows import search_attributes as sa
+from workflows.fleet import FleetRunWorkflow
 from workflows.models import EnrollmentReset
 from workflows.registry import WORKFLOWS
 
@@ -62,11 +64,16 @@ class EventDispatcher:
         task_queue: str,
         subscriptions: SubscriptionStore,
         register: EnrollmentRegister,
+        holds: HoldStore | None = None,
     ) -> None:
         self._client = client
         self._task_queue = task_queue
         self._subscriptions = subscriptions
         self._register = register
+        # runs are started through holds, and fleet runs are found by them; without a
+        # hold store subscriptions cannot start runs and only one-device runs hear of a
+        # re-enrollment or check-out
+        self._holds = holds
 
     async def events_for(self, event: WebhookEvent) -> list[str]:
         if event.kind == "acknowledge":
@@ -134,6 +141,8 @@ class EventDispatcher:
         try:
             if sub.event == "IdleNotStartedSince" and await self._started_recently(sub, eid):
                 return
+            if self._holds is None:
+                raise StartError("this relay has no hold store to start runs with")
             params = event.url_params or await self._register.url_params(eid)
             result = await start_workflow(
                 self._client,
@@ -142,6 +151,7 @@ class EventDispatcher:
                 [eid],
                 sub.context,
                 url_params={eid: params},
+                holds=self._holds,
             )
         except RPCError as exc:
             if exc.status in TEMPORAL_AWAY:
@@ -185,21 +195,31 @@ class EventDispatcher:
         """NanoMDM cleared the queue: tell every running run of this enrollment now."""
         reset = EnrollmentReset(enrollment_id=eid, reason=reason)
         # Exclusive runs have known IDs (no visibility lag); user channels and
-        # simultaneous runs come from the visibility store.
-        targets = {(routing.workflow_id(w.NAME, eid), eid) for w in WORKFLOWS if w.EXCLUSIVE}
-        targets.update(await running_for_enrollment(self._client, eid))
+        # simultaneous runs come from the visibility store; fleet runs from their holds
+        # on the device and its user channels (the store: no visibility lag either).
+        legacy = {(routing.workflow_id(w.NAME, eid), eid) for w in WORKFLOWS if w.EXCLUSIVE}
+        legacy.update(await running_for_enrollment(self._client, eid))
+        fleet: set[tuple[str, str]] = set()
+        if self._holds is not None:
+            fleet = {
+                (h.workflow_id, h.enrollment_id)
+                for h in await self._holds.for_enrollment(eid, user_channels=True)
+            }
 
         async def tell(workflow_id: str, run_enrollment: str) -> None:
+            told = reset.model_copy(update={"enrollment_id": run_enrollment})
             try:
                 handle = self._client.get_workflow_handle(workflow_id)
-                await handle.signal(
-                    "enrollment_reset", reset.model_copy(update={"enrollment_id": run_enrollment})
-                )
+                if (workflow_id, run_enrollment) in fleet:
+                    await handle.signal(FleetRunWorkflow.enrollment_reset, told)
+                else:
+                    await handle.signal("enrollment_reset", told)
                 metrics.inc("enrollment_reset_signalled")
                 log.info("told %r: %r %s", workflow_id, run_enrollment, reason)
             except RPCError as exc:
                 if exc.status != RPCStatusCode.NOT_FOUND:
                     raise
 
-        # one round trip for all candidates, not one per registered workflow
-        await asyncio.gather(*(tell(w, e) for w, e in sorted(targets)))
+        # one round trip for all candidates, not one per registered workflow; a run found
+        # both ways is told once
+        await asyncio.gather(*(tell(w, e) for w, e in sorted(legacy | fleet)))

@@ -4,7 +4,9 @@
 or written to the store's inbox (``store.inbox``) when Temporal cannot take it. Only
 when neither works does the relay answer 503. A webhook for an enrollment that already
 has entries waiting is queued behind them, so each enrollment's webhooks reach its runs
-in arrival order. :class:`Forwarder` delivers the inbox as soon as Temporal is back.
+in arrival order. :class:`Forwarder` delivers the inbox as soon as Temporal is back:
+many enrollments at once, each in order, so a fleet run's backlog after an outage goes
+out through the router's batching as a few large signals rather than thousands.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import logging
 import os
 import socket
 import time
+from collections import deque
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy.exc import SQLAlchemyError
@@ -39,6 +42,11 @@ TEMPORAL_DOWN_SECONDS = 5.0
 # A webhook's delivery to Temporal is given this long before it is held in the inbox
 # instead (the MDM server's request waits meanwhile; NanoMDM gives up after its timeout).
 DELIVER_SECONDS = 4.0
+# Entries one forwarder pass takes, and how many enrollments it delivers at once (each
+# enrollment's entries one after another): reports of one fleet run in flight together
+# are what the router coalesces into one signal.
+FORWARD_BATCH = 500
+FORWARD_CONCURRENCY = 64
 
 
 class InboxUnavailable(RuntimeError):
@@ -134,16 +142,49 @@ class Forwarder:
             await asyncio.sleep(POLL_SECONDS)
 
     async def forward_once(self) -> int:
-        """One pass over the due entries; returns how many were delivered."""
-        entries = await self._inbox.due()
+        """One pass over the due entries; returns how many were delivered.
+
+        The oldest entry goes first, alone: while Temporal is away a pass costs one probe
+        (and one entry's attempt). Once it is through, up to FORWARD_CONCURRENCY
+        enrollments are delivered at once, each enrollment's entries in arrival order; the
+        first failure stops the pass from starting more, and what is left waits for the
+        next pass, still in order (an entry retrying holds back its enrollment's later ones).
+        """
+        entries = await self._inbox.due(FORWARD_BATCH)
         if not entries:
             return 0
         self._durable.saw_entries()
-        delivered = 0
-        for entry in entries:
-            if not await self._deliver(entry):
-                break  # Temporal is away: the next pass tries again (one probe per pass)
-            delivered += 1
+        if not await self._deliver(entries[0]):
+            return 0
+        lanes: dict[str, list[InboxEntry]] = {}
+        for entry in entries[1:]:
+            lanes.setdefault(entry.event.enrollment.id, []).append(entry)
+        queue = deque(lanes.values())
+        delivered = 1
+        stop = False
+        errors: list[Exception] = []
+
+        async def work() -> None:
+            nonlocal delivered, stop
+            while queue and not stop:
+                for entry in queue.popleft():
+                    if stop:
+                        return
+                    try:
+                        ok = await self._deliver(entry)
+                    except Exception as exc:  # the store failed: end the pass, keep order
+                        errors.append(exc)
+                        ok = False
+                    if not ok:
+                        stop = True
+                        return
+                    delivered += 1
+
+        # the workers finish what they started before the pass returns, so two passes
+        # never deliver the same enrollment at once
+        await asyncio.gather(*(work() for _ in range(min(FORWARD_CONCURRENCY, len(queue)))))
+        if errors:
+            raise errors[0]
         return delivered
 
     async def _deliver(self, entry: InboxEntry) -> bool:

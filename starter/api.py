@@ -173,7 +173,9 @@ def create_app(
             id = [*id, *body.ids]
             context = context if context is not None else body.context
         try:
-            result = await start_workflow(svc().client, svc().task_queue, name, id, context)
+            result = await start_workflow(
+                svc().client, svc().task_queue, name, id, context, holds=svc().holds
+            )
         except StartError as exc:
             raise HTTPException(status_code=400, detail=str(exc)) from exc
         return StartResponse(
@@ -208,13 +210,56 @@ def create_app(
         query = runs.build_query(instance_id, id, workflow)
         if not query:
             raise HTTPException(status_code=400, detail="give instance_id, id or workflow")
-        return await runs.list_runs(svc().client, query)
+        found = await runs.list_runs(svc().client, query)
+        if id:  # fleet runs driving this device carry no per-device search attribute
+            known = {r["workflow_id"] for r in found}
+            found += await runs.held_runs(
+                svc().client, svc().holds, id, instance_id, workflow, known
+            )
+        return found
+
+    async def _query(workflow_id: str, query: str, *args: Any) -> Any:
+        handle = svc().client.get_workflow_handle(workflow_id)
+        try:
+            return await handle.query(query, args=list(args))
+        except RPCError as exc:
+            if exc.status in (RPCStatusCode.NOT_FOUND, RPCStatusCode.INVALID_ARGUMENT):
+                raise HTTPException(status_code=404, detail=f"no run {workflow_id!r}") from exc
+            raise
+        except WorkflowQueryFailedError as exc:
+            # not a fleet run, an enrollment it does not drive, or it failed to answer
+            raise HTTPException(status_code=400, detail=f"{workflow_id!r}: {exc}") from exc
+
+    @app.get("/v1/runs/devices", tags=["runs"], dependencies=auth, responses=err)
+    async def run_devices(
+        workflow_id: Annotated[str, Query(min_length=1, description="a fleet run's ID")],
+        after: Annotated[str | None, Query(description="page after this enrollment")] = None,
+        limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    ) -> dict[str, Any]:
+        """A fleet run's devices, a page at a time (``next_after`` for the next page)."""
+        page = await _query(workflow_id, "states", after, limit)
+        return page if isinstance(page, dict) else dict(page)
+
+    @app.get("/v1/runs/summary", tags=["runs"], dependencies=auth, responses=err)
+    async def run_summary(
+        workflow_id: Annotated[str, Query(min_length=1, description="a fleet run's ID")],
+    ) -> dict[str, Any]:
+        """A fleet run's devices per status and per current step."""
+        summary = await _query(workflow_id, "summary")
+        return summary if isinstance(summary, dict) else dict(summary)
 
     @app.get("/v1/runs/state", tags=["runs"], dependencies=auth, responses=err)
     async def run_state(
         workflow_id: Annotated[str, Query(min_length=1, description="e.g. <workflow>/<id>")],
+        id: Annotated[
+            str | None, Query(description="Enrollment ID: one device of a fleet run")
+        ] = None,
     ) -> dict[str, Any]:
-        """Live state of one run: current step, pending commands, NotNow counts."""
+        """Live state of one run (or of one device of a fleet run): step, pending commands,
+        NotNow counts."""
+        if id is not None:
+            state = await _query(workflow_id, "state", id)
+            return state if isinstance(state, dict) else dict(state)
         handle = svc().client.get_workflow_handle(workflow_id)
         try:
             state = await handle.query("state")

@@ -17,6 +17,7 @@ from escrow.sealing import Sealer
 from escrow.store import EscrowStore
 from store.cmdplans import CmdPlanStore
 from store.events import EnrollmentRegister, SubscriptionStore
+from store.holds import HoldStore
 from store.inbox import WebhookInbox
 from store.inventory import InventoryStore
 from store.profiles import ProfileStore
@@ -33,6 +34,7 @@ class Services:
     cmdplans: CmdPlanStore
     escrow: EscrowStore
     inbox: WebhookInbox
+    holds: HoldStore
 
     @classmethod
     def create(
@@ -49,6 +51,7 @@ class Services:
             cmdplans=CmdPlanStore(engine),
             escrow=EscrowStore(engine, Sealer(master_key)),
             inbox=WebhookInbox(engine),
+            holds=HoldStore(engine),
         )
 
 

@@ -1,34 +1,65 @@
 """Start one workflow for many enrollments, honouring exclusivity.
 
-Exclusive workflows use the workflow ID ``<name>/<enrollment>`` with Temporal's
-"fail if running" conflict policy: a start for an enrollment that already runs the
-workflow is refused for that ID while the others start, as in NanoCMD. Simultaneous
-workflows add the instance ID to the workflow ID.
+A start runs as fleet runs (:mod:`workflows.fleet`): the IDs are cut into chunks of
+``chunk_size`` (``MDMFLOW_FLEET_CHUNK``, default 1,000) and each chunk is one Temporal
+workflow, ``<name>/fleet/<instance>/<chunk>``, that drives its devices.
+
+Exclusivity (NanoCMD's: one running instance per workflow and enrollment) is a hold in
+the store, claimed before the chunk starts under a unique constraint, so it holds across
+chunks, concurrent starts and several API processes without asking Temporal's
+eventually consistent visibility. A device refused names the run that holds it. A hold
+whose run has ended without releasing it (terminated from the Web UI, say) is taken
+over once Temporal confirms the run is closed. Simultaneous workflows hold per instance
+(for look-ups by enrollment), never refusing.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
+import os
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.common import (
     SearchAttributePair,
     TypedSearchAttributes,
     WorkflowIDConflictPolicy,
     WorkflowIDReusePolicy,
 )
-from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.service import RPCError, RPCStatusCode
 
 from protocol import routing
 from protocol.enrollment import enrollment_id_problem
+from starter.runs import quote
+from store.holds import Hold, HoldStore
 from workflows import search_attributes as sa
-from workflows.models import ENGINE_REVISION, WorkflowInput
+from workflows.fleet import FleetRunWorkflow
+from workflows.models import ENGINE_REVISION, FleetInput
 from workflows.registry import BY_NAME
 
 log = logging.getLogger("mdmflow.starter")
+
+MAX_CHUNK = 1000
+DEFAULT_CHUNK = 1000
+# Runs started one per device before fleet runs, still running during an upgrade, that
+# a start must not run beside (looked up once per start, bounded).
+LEGACY_LOOKUP_LIMIT = 10_000
+
+
+def chunk_size_from_env() -> int:
+    raw = os.environ.get("MDMFLOW_FLEET_CHUNK", "")
+    if not raw:
+        return DEFAULT_CHUNK
+    try:
+        size = int(raw)
+    except ValueError as exc:
+        raise ValueError(f"MDMFLOW_FLEET_CHUNK must be a number, not {raw!r}") from exc
+    if not 1 <= size <= MAX_CHUNK:
+        raise ValueError(f"MDMFLOW_FLEET_CHUNK must be between 1 and {MAX_CHUNK}")
+    return size
+
 
 START_CONCURRENCY = 32
 
@@ -63,53 +94,62 @@ async def start_workflow(
     context: str | None = None,
     url_params: dict[str, dict[str, str]] | None = None,
     step_timeout: float | None = None,
+    *,
+    holds: HoldStore,
+    chunk_size: int | None = None,
+    repush_after: list[float] | None = None,
 ) -> StartResult:
     """Start ``name`` for each ID; ``step_timeout`` (seconds) overrides the engine's 72 h."""
     wf = BY_NAME.get(name)
     if wf is None:
         raise StartError(f"unknown workflow {name!r}; known: {', '.join(sorted(BY_NAME))}")
     ids = validate_ids(ids)
+    size = chunk_size or chunk_size_from_env()
     result = StartResult(instance_id=str(uuid.uuid4()))
-    gate = asyncio.Semaphore(START_CONCURRENCY)
-
-    async def start_one(enrollment_id: str) -> None:
-        workflow_id = routing.workflow_id(
-            name, enrollment_id, None if wf.EXCLUSIVE else result.instance_id
-        )
-        inp = WorkflowInput(
-            enrollment_id=enrollment_id,
+    todo = ids
+    if wf.EXCLUSIVE:
+        legacy = await _legacy_runs(client, name, ids)
+        for eid in legacy:
+            result.refused[eid] = f"{name} is already running for this enrollment"
+        todo = [i for i in ids if i not in legacy]
+    for index, start in enumerate(range(0, len(todo), size)):
+        part = todo[start : start + size]
+        workflow_id = routing.fleet_workflow_id(name, result.instance_id, index)
+        claimed = await _claim(client, holds, name, part, workflow_id, result, wf.EXCLUSIVE)
+        if not claimed:
+            continue
+        inp = FleetInput(
+            workflow_name=name,
             instance_id=result.instance_id,
+            chunk=index,
+            enrollment_ids=claimed,
             context=context,
-            url_params=(url_params or {}).get(enrollment_id, {}),
+            url_params={i: p for i, p in (url_params or {}).items() if i in set(claimed) and p},
             step_timeout_seconds=step_timeout,
+            repush_after_seconds=repush_after,
             revision=ENGINE_REVISION,
         )
-        attrs = TypedSearchAttributes(
-            [
-                SearchAttributePair(sa.ENROLLMENT_ID, enrollment_id),
-                SearchAttributePair(sa.WORKFLOW_NAME, name),
-                SearchAttributePair(sa.INSTANCE_ID, result.instance_id),
-                SearchAttributePair(sa.CURRENT_STEP, "starting"),
-            ]
-        )
-        async with gate:
-            try:
-                await client.start_workflow(
-                    name,
-                    inp,
-                    id=workflow_id,
-                    task_queue=task_queue,
-                    id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
-                    id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
-                    search_attributes=attrs,
-                )
-            except WorkflowAlreadyStartedError:
-                result.refused[enrollment_id] = f"{name} is already running for this enrollment"
-                log.info("not started %s for %s: already running", name, enrollment_id)
-                return
-        result.started.append(enrollment_id)
-
-    await asyncio.gather(*(start_one(eid) for eid in ids))
+        pairs = [
+            SearchAttributePair(sa.WORKFLOW_NAME, name),
+            SearchAttributePair(sa.INSTANCE_ID, result.instance_id),
+            SearchAttributePair(sa.CURRENT_STEP, "starting"),
+        ]
+        if len(claimed) == 1:  # a one-device run is found by its enrollment, as before
+            pairs.append(SearchAttributePair(sa.ENROLLMENT_ID, claimed[0]))
+        try:
+            await client.start_workflow(
+                FleetRunWorkflow.run,
+                inp,
+                id=workflow_id,
+                task_queue=task_queue,
+                id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
+                id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+                search_attributes=TypedSearchAttributes(pairs),
+            )
+        except BaseException:
+            await holds.release(workflow_id)  # nothing runs for them: give them back
+            raise
+        result.started.extend(claimed)
     log.info(
         "instance %s of %s: started %d, refused %d",
         result.instance_id,
@@ -118,3 +158,60 @@ async def start_workflow(
         len(result.refused),
     )
     return result
+
+
+async def _claim(
+    client: Client,
+    holds: HoldStore,
+    name: str,
+    ids: list[str],
+    workflow_id: str,
+    result: StartResult,
+    exclusive: bool,
+) -> list[str]:
+    """Hold ``ids`` for ``workflow_id``; refused ones go into ``result``."""
+    instance = result.instance_id
+    refused = await holds.claim(
+        name, ids, workflow_id=workflow_id, instance_id=instance, exclusive=exclusive
+    )
+    by_holder: dict[str, list[str]] = {}
+    for eid, hold in refused.items():
+        by_holder.setdefault(hold.workflow_id, []).append(eid)
+    for holder, held in by_holder.items():
+        if await _closed(client, holder):
+            for eid in await holds.take_over(
+                holder, name, held, workflow_id=workflow_id, instance_id=instance
+            ):
+                refused.pop(eid, None)
+    for eid, hold in refused.items():
+        result.refused[eid] = _refusal(name, hold)
+    if refused:
+        log.info("not started %s for %d enrollment(s): already running", name, len(refused))
+    return [i for i in ids if i not in refused]
+
+
+def _refusal(name: str, hold: Hold) -> str:
+    return f"{name} is already running for this enrollment (run {hold.workflow_id})"
+
+
+async def _closed(client: Client, workflow_id: str) -> bool:
+    """Temporal says the run that holds a device has ended (its hold is stale)."""
+    try:
+        desc = await client.get_workflow_handle(workflow_id).describe()
+    except RPCError as exc:
+        if exc.status == RPCStatusCode.NOT_FOUND:
+            return True
+        raise
+    return desc.status != WorkflowExecutionStatus.RUNNING
+
+
+async def _legacy_runs(client: Client, name: str, ids: Sequence[str]) -> set[str]:
+    """Enrollments of ``ids`` with a one-device run (started before fleet runs) running."""
+    query = f"WorkflowType = {quote(name)} AND ExecutionStatus = 'Running'"
+    wanted = set(ids)
+    found: set[str] = set()
+    async for execution in client.list_workflows(query, limit=LEGACY_LOOKUP_LIMIT):
+        eid = execution.typed_search_attributes.get(sa.ENROLLMENT_ID)
+        if eid in wanted:
+            found.add(eid)
+    return found

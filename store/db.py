@@ -160,6 +160,36 @@ class LeaseRow(Base):
     until: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
+class RunHoldRow(Base):
+    """One enrollment held by one run: the store, not Temporal, makes runs exclusive.
+
+    The unique key refuses a second exclusive run (``hold_key`` "") of a workflow on an
+    enrollment at once, across API processes; simultaneous runs hold with their instance
+    ID as the key and coexist. Holds are looked up by enrollment (the relay: which runs
+    wait for this device and its user channels) and by run (release, paging).
+    """
+
+    __tablename__ = "run_holds"
+    __table_args__ = (
+        Index("ux_run_holds_claim", "workflow_name", "enrollment_id", "hold_key", unique=True),
+        # pattern ops: PostgreSQL serves the user-channel prefix look-up (LIKE 'X:%')
+        # from this index under any collation, and equality too
+        Index(
+            "ix_run_holds_enrollment_id",
+            "enrollment_id",
+            postgresql_ops={"enrollment_id": "varchar_pattern_ops"},
+        ),
+        Index("ix_run_holds_workflow_id", "workflow_id", "enrollment_id"),
+    )
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    workflow_name: Mapped[str] = mapped_column(String(255))
+    enrollment_id: Mapped[str] = mapped_column(String(255))
+    hold_key: Mapped[str] = mapped_column(String(64), default="")
+    workflow_id: Mapped[str] = mapped_column(String(512))
+    instance_id: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
 class ProfileRow(Base):
     """A stored configuration profile (NanoCMD's profile store), raw as uploaded."""
 

@@ -27,8 +27,10 @@ from simulator.app import create_app as create_sim_app
 from simulator.fleet import Fleet, FleetConfig
 from starter.api import create_app
 from starter.deps import Services
+from starter.runs import quote
 from store.db import open_engine
 from worker import build_worker
+from workflows import search_attributes as sa
 
 API_KEY = "e2e-api-key"
 HMAC_KEY = "e2e-hmac-key"
@@ -63,12 +65,41 @@ class E2E:
         body: dict[str, Any] = resp.json()
         return body
 
+    async def run_of(self, workflow: str, eid: str, timeout: float = 30) -> str:
+        """The workflow ID of the latest run of ``workflow`` that drove ``eid``.
+
+        The store's hold names it while it runs; a one-device fleet run is also found by
+        its enrollment search attribute once it has ended.
+        """
+        query = (
+            f"{sa.WORKFLOW_NAME.name} = {quote(workflow)} "
+            f"AND {sa.ENROLLMENT_ID.name} = {quote(eid)}"
+        )
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            for hold in await self.services.holds.for_enrollment(eid, user_channels=False):
+                if hold.workflow_name == workflow:
+                    return hold.workflow_id
+            async for execution in self.client.list_workflows(query, limit=1):
+                return execution.id
+            if asyncio.get_running_loop().time() > deadline:
+                raise AssertionError(f"no run of {workflow} for {eid}")
+            await asyncio.sleep(0.1)
+
     async def result(self, workflow: str, eid: str, timeout: float = 60) -> dict[str, Any]:
-        handle = self.client.get_workflow_handle(f"{workflow}/{eid}")
-        return dict(await asyncio.wait_for(handle.result(), timeout))
+        """The device's outcome: its own result in a one-device run, its state in a chunk."""
+        handle = self.client.get_workflow_handle(await self.run_of(workflow, eid))
+        result = dict(await asyncio.wait_for(handle.result(), timeout))
+        if result.get("devices", 1) == 1:
+            return result
+        state = await handle.query("state", eid)
+        return {k: state[k] for k in ("status", "message", "enrollment_id", "instance_id")}
 
     async def state(self, workflow: str, eid: str) -> dict[str, Any]:
-        resp = await self.api.get("/v1/runs/state", params={"workflow_id": f"{workflow}/{eid}"})
+        resp = await self.api.get(
+            "/v1/runs/state",
+            params={"workflow_id": await self.run_of(workflow, eid), "id": eid},
+        )
         return dict(resp.json())
 
 

@@ -19,14 +19,26 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxR
 from mdmflow import __version__
 from protocol import routing
 from tests.conftest import start_time_skipping
-from tests.workflow_harness import RecordingInventory, RecordingMdm, enrollment, report
+from tests.workflow_harness import (
+    RecordingHolds,
+    RecordingInventory,
+    RecordingMdm,
+    enrollment,
+    report,
+)
 from worker import PASSTHROUGH
 from workflows.catalog import ALL_WORKFLOWS
 from workflows.command_response import CommandResponseInput
 from workflows.devinfolog import DevInfoLogWorkflow
 from workflows.inventory import InventoryWorkflow
 from workflows.lock import LockWorkflow
-from workflows.models import ENGINE_REVISION, RunResult, WorkflowInput
+from workflows.fleet import FleetRunWorkflow
+from workflows.models import (
+    ENGINE_REVISION,
+    EnrollmentReset,
+    FleetInput,
+    RunResult,
+)
 
 OUT = Path(__file__).parent / "histories"
 DEVINFO = {"QueryResponses": {"SerialNumber": "C02XYZ", "Model": "Mac16,10"}}
@@ -45,13 +57,13 @@ def save(scenario: str, history: WorkflowHistory) -> None:
 async def main() -> None:
     # plain payloads: the replay test reads them with any install's keys
     env = await start_time_skipping(pydantic_data_converter)
-    mdm, inv = RecordingMdm(), RecordingInventory()
+    mdm, inv, holds = RecordingMdm(), RecordingInventory(), RecordingHolds()
     queue = "record"
     async with Worker(
         env.client,
         task_queue=queue,
         workflows=list(ALL_WORKFLOWS),
-        activities=[mdm.send_step, mdm.push, inv.store, inv.log_device_information],
+        activities=[*mdm.activities(), *inv.activities(), holds.release],
         workflow_runner=SandboxedWorkflowRunner(
             restrictions=SandboxRestrictions.default.with_passthrough_modules(*PASSTHROUGH)
         ),
@@ -60,13 +72,18 @@ async def main() -> None:
         async def run(
             name: str, scenario: str, answers: list[tuple[int, str, str, dict[str, object]]]
         ) -> None:
+            # what a start starts: a fleet run, here of one device
             eid = enrollment()
+            instance = str(uuid.uuid4())
             handle = await env.client.start_workflow(
-                name,
-                WorkflowInput(
-                    enrollment_id=eid, instance_id=str(uuid.uuid4()), revision=ENGINE_REVISION
+                FleetRunWorkflow.run,
+                FleetInput(
+                    workflow_name=name,
+                    instance_id=instance,
+                    enrollment_ids=[eid],
+                    revision=ENGINE_REVISION,
                 ),
-                id=routing.workflow_id(name, eid),
+                id=routing.fleet_workflow_id(name, instance, 0),
                 task_queue=queue,
                 result_type=RunResult,
             )
@@ -105,6 +122,54 @@ async def main() -> None:
             [(0, "DeviceLock", "NotNow", {}), (0, "DeviceLock", "Acknowledged", {})],
         )
         await run(LockWorkflow.NAME, "lock-error", [(0, "DeviceLock", "Error", {})])
+
+        async def chunk(scenario: str) -> None:
+            """Four devices: NotNow then Ack, Error, silent (re-pushed, re-issued, timed
+            out) and re-enrolled (its commands sent again, then answered)."""
+            ids = [enrollment() for _ in range(4)]
+            acked, erring, silent, reenrolled = ids
+            instance = str(uuid.uuid4())
+            handle = await env.client.start_workflow(
+                FleetRunWorkflow.run,
+                FleetInput(
+                    workflow_name=InventoryWorkflow.NAME,
+                    instance_id=instance,
+                    enrollment_ids=ids,
+                    step_timeout_seconds=900,
+                    revision=ENGINE_REVISION,
+                ),
+                id=routing.fleet_workflow_id(InventoryWorkflow.NAME, instance, 0),
+                task_queue=queue,
+            )
+            sent = await mdm.wait_sent(len(mdm.sent) + 4)
+            devinfo, secinfo = (c.command_uuid for c in sent[-1].commands)
+            await handle.signal(
+                FleetRunWorkflow.command_reports,
+                [
+                    report(acked, devinfo, "DeviceInformation", "NotNow"),
+                    report(erring, devinfo, "DeviceInformation", "Error"),
+                    report(erring, secinfo, "SecurityInfo", **SECINFO),
+                ],
+            )
+            await handle.signal(
+                FleetRunWorkflow.enrollment_reset,
+                EnrollmentReset(enrollment_id=reenrolled, reason="re-enrolled"),
+            )
+            again = (await mdm.wait_sent(len(mdm.sent) + 1))[-1]
+            aliases = [c.command_uuid for c in again.commands]
+            await handle.signal(
+                FleetRunWorkflow.command_reports,
+                [
+                    report(acked, devinfo, "DeviceInformation", **DEVINFO),
+                    report(acked, secinfo, "SecurityInfo", **SECINFO),
+                    report(reenrolled, aliases[0], "DeviceInformation", **DEVINFO),
+                    report(reenrolled, aliases[1], "SecurityInfo", **SECINFO),
+                ],
+            )
+            await handle.result()
+            save(scenario, await handle.fetch_history())
+
+        await chunk("fleet-chunk-notnow-error-timeout-reenrolled")
 
         async def command_response(scenario: str, revision: int) -> None:
             """A foreign SecurityInfo answer handed to the inventory (AllCommandResponse)."""

@@ -142,7 +142,7 @@ async def test_worker_killed_mid_step_is_replaced_and_the_step_completes(
 
     first = spawn()
     try:
-        await start_workflow(e2e.client, queue, INVENTORY, [eid])
+        await start_workflow(e2e.client, queue, INVENTORY, [eid], holds=e2e.services.holds)
         for _ in range(200):  # wait until the step's commands are queued on the device
             if len(e2e.fleet.device_state(eid)["queue"]) == 2:
                 break

@@ -80,7 +80,7 @@ def mobileconfig(identifier: str, uuid: str, marker: str = "x") -> bytes:
 async def run(
     e2e: E2E, workflow: str, eid: str, context: str | None = None, **kw: Any
 ) -> dict[str, Any]:
-    await start_workflow(e2e.client, e2e.queue, workflow, [eid], context, **kw)
+    await start_workflow(e2e.client, e2e.queue, workflow, [eid], context, **kw, holds=e2e.services.holds)
     handle = e2e.client.get_workflow_handle(f"{workflow}/{eid}")
     return dict(await asyncio.wait_for(handle.result(), 60))
 
@@ -157,7 +157,7 @@ async def test_fvenable_then_fvrotate_escrow_the_real_keys(e2e: E2E) -> None:
 
 async def test_fvrotate_without_an_escrowed_key_fails_before_sending(e2e: E2E) -> None:
     (eid,) = await e2e.enroll(1)
-    await start_workflow(e2e.client, e2e.queue, FVROTATE, [eid])
+    await start_workflow(e2e.client, e2e.queue, FVROTATE, [eid], holds=e2e.services.holds)
     with pytest.raises(WorkflowFailureError) as info:
         await e2e.client.get_workflow_handle(f"{FVROTATE}/{eid}").result()
     assert "no FileVault recovery key escrowed" in str(info.value.cause)
@@ -441,7 +441,7 @@ async def test_reenrolling_a_device_ends_a_pending_lock_at_once(e2e: E2E) -> Non
     """A lock is never silently re-sent to a device that re-enrolled."""
     (eid,) = await e2e.enroll(1)
     e2e.fleet.set_behaviour(eid, DeviceBehaviour(offline=True))
-    await start_workflow(e2e.client, e2e.queue, LOCK, [eid])
+    await start_workflow(e2e.client, e2e.queue, LOCK, [eid], holds=e2e.services.holds)
     for _ in range(100):
         if e2e.fleet.device_state(eid)["queue"]:
             break

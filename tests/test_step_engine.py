@@ -15,28 +15,60 @@ from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from protocol import routing
-from tests.workflow_harness import RecordingInventory, RecordingMdm, enrollment, report
+from tests.workflow_harness import (
+    RecordingHolds,
+    RecordingInventory,
+    RecordingMdm,
+    enrollment,
+    report,
+)
 from worker import PASSTHROUGH
 from workflows.catalog import ALL_WORKFLOWS
 from workflows.devinfolog import DevInfoLogWorkflow
+from workflows.fleet import FleetRunWorkflow
 from workflows.inventory import InventoryWorkflow
-from workflows.models import ENGINE_REVISION, RunResult, RunState, WorkflowInput
+from workflows.models import ENGINE_REVISION, FleetInput, RunResult, RunState, WorkflowInput
 
 DEVINFO = {"QueryResponses": {"SerialNumber": "C02XYZ", "Model": "Mac16,10", "OSVersion": "15.4"}}
 SECINFO = {"SecurityInfo": {"FDE_Enabled": False, "SystemIntegrityProtectionEnabled": True}}
 
 
 class Harness:
-    def __init__(self, env: WorkflowEnvironment, queue: str) -> None:
+    """Starts runs on a worker whose activities are recorders.
+
+    ``fleet``: each start is a fleet run of one device (what the API starts);
+    otherwise a one-device run of the workflow's own type (runs started before fleet
+    runs). Per-device behaviour must be the same either way.
+    """
+
+    def __init__(self, env: WorkflowEnvironment, queue: str, fleet: bool = False) -> None:
         self.env = env
         self.queue = queue
+        self.fleet = fleet
         self.mdm = RecordingMdm()
         self.inventory = RecordingInventory()
+        self.holds = RecordingHolds()
 
     async def start(
         self, workflow: str = InventoryWorkflow.NAME, **kw: object
     ) -> tuple[str, WorkflowHandle[object, RunResult]]:
         eid = enrollment()
+        if self.fleet:
+            instance = str(uuid.uuid4())
+            fleet_handle: WorkflowHandle[object, RunResult] = await self.env.client.start_workflow(
+                FleetRunWorkflow.run,
+                FleetInput(
+                    workflow_name=workflow,
+                    instance_id=instance,
+                    enrollment_ids=[eid],
+                    revision=ENGINE_REVISION,
+                    **kw,  # type: ignore[arg-type]
+                ),
+                id=routing.fleet_workflow_id(workflow, instance, 0),
+                task_queue=self.queue,
+                result_type=RunResult,
+            )
+            return eid, fleet_handle
         inp = WorkflowInput(
             enrollment_id=eid,
             instance_id=str(uuid.uuid4()),
@@ -55,22 +87,17 @@ class Harness:
 
 @asynccontextmanager
 async def harness_on(
-    env: WorkflowEnvironment, mdm: RecordingMdm | None = None
+    env: WorkflowEnvironment, mdm: RecordingMdm | None = None, *, fleet: bool = False
 ) -> AsyncIterator[Harness]:
     """A worker with every workflow on its own task queue, ``mdm`` standing in for the server."""
-    h = Harness(env, f"tq-{uuid.uuid4()}")
+    h = Harness(env, f"tq-{uuid.uuid4()}", fleet)
     if mdm is not None:
         h.mdm = mdm
     async with Worker(
         env.client,
         task_queue=h.queue,
         workflows=list(ALL_WORKFLOWS),
-        activities=[
-            h.mdm.send_step,
-            h.mdm.push,
-            h.inventory.store,
-            h.inventory.log_device_information,
-        ],
+        activities=[*h.mdm.activities(), *h.inventory.activities(), h.holds.release],
         workflow_runner=SandboxedWorkflowRunner(
             restrictions=SandboxRestrictions.default.with_passthrough_modules(*PASSTHROUGH)
         ),
@@ -78,9 +105,11 @@ async def harness_on(
         yield h
 
 
-@pytest.fixture
-async def harness(time_env: WorkflowEnvironment) -> AsyncIterator[Harness]:
-    async with harness_on(time_env) as h:
+@pytest.fixture(params=["device", "fleet"])
+async def harness(
+    time_env: WorkflowEnvironment, request: pytest.FixtureRequest
+) -> AsyncIterator[Harness]:
+    async with harness_on(time_env, fleet=request.param == "fleet") as h:
         yield h
 
 

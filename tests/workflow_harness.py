@@ -16,9 +16,12 @@ from temporalio.exceptions import ApplicationError
 
 from activities.models import (
     DeviceInfoLogEntry,
+    FleetSendInput,
+    FleetSendResult,
     InventoryUpdate,
     PushInput,
     PushResult,
+    ReleaseHolds,
     SendStepInput,
     SendStepResult,
 )
@@ -31,6 +34,7 @@ class RecordingMdm:
 
     def __init__(self) -> None:
         self.sent: list[SendStepInput] = []
+        self.fleet_sends: list[FleetSendInput] = []
         self.pushes: list[PushInput] = []
         self.sent_event = asyncio.Event()
         self.fail_with: str | None = None
@@ -43,10 +47,28 @@ class RecordingMdm:
         self.sent_event.set()
         return SendStepResult(queued=[c.command_uuid for c in inp.commands])
 
+    @activity.defn(name="mdm.send_fleet")
+    async def send_fleet(self, inp: FleetSendInput) -> FleetSendResult:
+        """A fleet run's send, recorded as one send per device (and once as a whole)."""
+        if self.fail_with:
+            raise ApplicationError(self.fail_with, non_retryable=True)
+        self.fleet_sends.append(inp)
+        for eid in inp.enrollment_ids:
+            self.sent.append(
+                SendStepInput(
+                    enrollment_id=eid, commands=inp.commands, unsure=inp.unsure.get(eid, [])
+                )
+            )
+        self.sent_event.set()
+        return FleetSendResult(pushed=len(inp.enrollment_ids))
+
     @activity.defn(name="mdm.push")
     async def push(self, inp: PushInput) -> PushResult:
         self.pushes.append(inp)
         return PushResult()
+
+    def activities(self) -> list[Any]:
+        return [self.send_step, self.send_fleet, self.push]
 
     async def wait_sent(self, count: int = 1, timeout: float = 10) -> list[SendStepInput]:
         async def _wait() -> None:
@@ -70,6 +92,34 @@ class RecordingInventory:
     @activity.defn(name="inventory.log_device_information")
     async def log_device_information(self, entry: DeviceInfoLogEntry) -> None:
         self.logged.append(entry)
+
+    @activity.defn(name="inventory.store_many")
+    async def store_many(self, updates: list[InventoryUpdate]) -> None:
+        self.updates.extend(updates)
+
+    @activity.defn(name="inventory.log_device_information_many")
+    async def log_device_information_many(self, entries: list[DeviceInfoLogEntry]) -> None:
+        self.logged.extend(entries)
+
+    def activities(self) -> list[Any]:
+        return [
+            self.store,
+            self.log_device_information,
+            self.store_many,
+            self.log_device_information_many,
+        ]
+
+
+class RecordingHolds:
+    """Records which devices a fleet run gave back."""
+
+    def __init__(self) -> None:
+        self.released: list[str] = []
+
+    @activity.defn(name="holds.release")
+    async def release(self, inp: ReleaseHolds) -> int:
+        self.released.extend(inp.enrollment_ids or [])
+        return len(inp.enrollment_ids or [])
 
 
 def report(

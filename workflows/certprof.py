@@ -15,7 +15,6 @@ More than one matching certificate fails the run (the filter is ambiguous).
 from __future__ import annotations
 
 import json
-from datetime import timedelta
 
 from temporalio import workflow
 
@@ -66,7 +65,7 @@ class CertProfWorkflow(MdmWorkflow):
         assert listed.results[0] is not None
         certs = typed(listed.results[0], CertificateListResponse).certificate_list
         criteria = ctx.criteria or CertCriteria()
-        decision = await workflow.execute_activity(
+        decision = await self.activity(
             "certprof.evaluate",
             CertEvaluation(
                 certificates=[
@@ -81,7 +80,6 @@ class CertProfWorkflow(MdmWorkflow):
                 always_replace=criteria.always_replace,
                 until_expiry_sec=criteria.until_expiry_sec,
             ),
-            start_to_close_timeout=timedelta(seconds=30),
             result_type=CertDecision,
             summary="check certificate",
         )

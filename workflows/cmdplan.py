@@ -13,8 +13,6 @@ with each command's error.
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
@@ -39,12 +37,11 @@ class CmdPlanWorkflow(MdmWorkflow):
         self.begin(inp)
         if not inp.context:
             return self.finish("failed", "context must name a command plan")
-        plan = await workflow.execute_activity(
+        plan = await self.activity(
             "cmdplans.load",
             CmdPlanRequest(
                 name=inp.context, enrollment_id=inp.enrollment_id, url_params=inp.url_params
             ),
-            start_to_close_timeout=timedelta(seconds=30),
             result_type=CmdPlanResult,
             summary=f"load plan {inp.context}",
         )
@@ -63,9 +60,10 @@ class CmdPlanWorkflow(MdmWorkflow):
         if step.reset or step.errors:
             return self.finish("failed", step.describe())
         if commands[-1].request_type == "DeviceConfigured":
-            await workflow.execute_activity(
+            await self.activity(
                 "enrollments.configured",
                 inp.enrollment_id,
-                start_to_close_timeout=timedelta(seconds=30),
+                result_type=type(None),
+                summary="mark the enrollment configured",
             )
         return self.finish("completed", f"plan {inp.context!r}: {len(commands)} command(s) done")

@@ -17,7 +17,6 @@ with workflow.unsafe.imports_passed_through():
     from protocol.results import DeviceInformationResponse, typed
     from workflows.engine import MdmWorkflow
     from workflows.models import RunResult, WorkflowInput
-    from workflows.storing import log_device_information
 
 
 @workflow.defn(name="io.micromdm.wf.devinfolog.v1")
@@ -38,8 +37,7 @@ class DevInfoLogWorkflow(MdmWorkflow):
         if report is None or report.status != "Acknowledged":
             return self.finish("failed", step.describe())
         responses = typed(report, DeviceInformationResponse).query_responses
-        await log_device_information(
-            inp.revision,
+        await self.log_device_information(
             DeviceInfoLogEntry(
                 enrollment_id=inp.enrollment_id,
                 command_uuid=report.command_uuid,

@@ -25,7 +25,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from datetime import datetime, timedelta
-from typing import ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
@@ -34,6 +34,8 @@ from temporalio.exceptions import ActivityError, ApplicationError
 with workflow.unsafe.imports_passed_through():
     from activities.models import (
         SEND_MAX_ATTEMPTS,
+        DeviceInfoLogEntry,
+        InventoryUpdate,
         PushInput,
         PushResult,
         QueuedCommand,
@@ -44,6 +46,7 @@ with workflow.unsafe.imports_passed_through():
     from protocol.commands import Command
     from protocol.results import CommandReport
     from workflows import search_attributes as sa
+    from workflows import storing
     from workflows.models import (
         CommandProgress,
         EnrollmentReset,
@@ -55,6 +58,11 @@ with workflow.unsafe.imports_passed_through():
         WorkflowInput,
         check_revision,
     )
+
+if TYPE_CHECKING:
+    from workflows.chunk import Chunk
+
+T = TypeVar("T")
 
 # Revision 3: a send never posts a CommandUUID twice and stops being waited for once the
 # step is over (every command answered, check-out, re-enrollment); what a send could
@@ -124,6 +132,9 @@ class MdmWorkflow:
         # certainly not queued; "unsure": the send's outcome was lost). Sent again at
         # the next re-push, under the same UUIDs.
         self._unconfirmed: dict[str, Literal["unsent", "unsure"]] = {}
+        # Set when this story runs inside a fleet run: its steps, timers and activities
+        # then go through the chunk's engine (see workflows.chunk).
+        self._chunk: Chunk | None = None
 
     # ---- lifecycle -------------------------------------------------------------------
 
@@ -146,8 +157,14 @@ class MdmWorkflow:
         self._state.status = status
         self._state.message = message
         self._state.current_step = None
-        workflow.upsert_search_attributes([sa.CURRENT_STEP.value_set(f"done:{status}")])
-        if status == "completed":
+        if self._chunk is not None:
+            self._chunk.finished(self)
+        else:
+            workflow.upsert_search_attributes([sa.CURRENT_STEP.value_set(f"done:{status}")])
+        if self._chunk is not None and len(self._chunk) > 1:
+            # a fleet run logs one summary line at its end, not one line per device
+            workflow.logger.debug("%s: %s", self.input.enrollment_id, message)
+        elif status == "completed":
             workflow.logger.info("%s: %s", self.input.enrollment_id, message)
         else:
             workflow.logger.warning("%s: %s", self.input.enrollment_id, message)
@@ -202,6 +219,53 @@ class MdmWorkflow:
     def query_state(self) -> RunState:
         return self._state
 
+    # ---- what a story calls besides steps ---------------------------------------------
+
+    async def activity(
+        self,
+        name: str,
+        arg: Any,
+        *,
+        result_type: type[T],
+        summary: str,
+        shared: bool = False,
+        timeout: timedelta = timedelta(seconds=30),
+    ) -> T:
+        """Run activity ``name`` for this device.
+
+        In a fleet run the calls of many devices are bounded, and with ``shared`` (a
+        read whose answer does not depend on the device) identical calls made together
+        run once.
+        """
+        if self._chunk is not None:
+            return await self._chunk.call(
+                name, arg, result_type=result_type, summary=summary, shared=shared, timeout=timeout
+            )
+        result: T = await workflow.execute_activity(
+            name,
+            arg,
+            start_to_close_timeout=timeout,
+            result_type=result_type,
+            summary=summary,
+        )
+        return result
+
+    async def store_inventory(
+        self, update: InventoryUpdate, summary: str = "store inventory"
+    ) -> None:
+        """Merge reported values into the inventory; batched across a fleet run's devices."""
+        if self._chunk is not None:
+            await self._chunk.store("inventory", update)
+        else:
+            await storing.store_inventory(self.input.revision, update, summary)
+
+    async def log_device_information(self, entry: DeviceInfoLogEntry) -> None:
+        """Append a DeviceInformation answer to the log; batched across a fleet run."""
+        if self._chunk is not None:
+            await self._chunk.store("devinfo_log", entry)
+        else:
+            await storing.log_device_information(self.input.revision, entry)
+
     # ---- the step --------------------------------------------------------------------
 
     async def before_step(self, name: str) -> None:
@@ -234,6 +298,10 @@ class MdmWorkflow:
         """Send ``commands`` to this run's enrollment and wait for their final answers."""
         if not commands:
             raise ValueError("a step needs at least one command")
+        if self._chunk is not None:
+            return await self._chunk.step(
+                self, name, commands, timeout=timeout, not_until=not_until
+            )
         await self.before_step(name)
         self._reset = None  # a reset between steps cleared nothing this step needs
         record = StepRecord(name=name, status="waiting", started_at=workflow.now())

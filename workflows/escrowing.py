@@ -6,20 +6,19 @@ sealing happen in the activity, so the key itself never enters history.
 
 from __future__ import annotations
 
-from datetime import timedelta
 from typing import Any
 
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
     from activities.models import EscrowCms, EscrowReceipt
+    from workflows.engine import MdmWorkflow
 
 
-async def escrow_recovery_key(enrollment_id: str, cms: dict[str, Any], source: str) -> int:
-    receipt: EscrowReceipt = await workflow.execute_activity(
+async def escrow_recovery_key(run: MdmWorkflow, cms: dict[str, Any], source: str) -> int:
+    receipt = await run.activity(
         "escrow.store_cms",
-        EscrowCms(enrollment_id=enrollment_id, cms=cms, source=source),
-        start_to_close_timeout=timedelta(seconds=30),
+        EscrowCms(enrollment_id=run.input.enrollment_id, cms=cms, source=source),
         result_type=EscrowReceipt,
         summary="decrypt and escrow the recovery key",
     )

@@ -71,7 +71,7 @@ class FileVaultEnableWorkflow(MdmWorkflow):
             info = typed(report, SecurityInfoResponse).security_info
             cms = info.fde_personal_recovery_key_cms
             if info.fde_enabled and isinstance(cms, dict):
-                secret_id = await escrow_recovery_key(inp.enrollment_id, cms, report.command_uuid)
+                secret_id = await escrow_recovery_key(self, cms, report.command_uuid)
                 return self.finish(
                     "completed", f"FileVault on; recovery key escrowed (#{secret_id})"
                 )

@@ -38,5 +38,5 @@ class FileVaultRotateWorkflow(MdmWorkflow):
         cms = result.get("EncryptedNewRecoveryKey") if isinstance(result, dict) else None
         if not isinstance(cms, dict):
             return self.finish("failed", "device acknowledged but sent no new recovery key")
-        secret_id = await escrow_recovery_key(inp.enrollment_id, cms, report.command_uuid)
+        secret_id = await escrow_recovery_key(self, cms, report.command_uuid)
         return self.finish("completed", f"recovery key rotated; new key escrowed (#{secret_id})")

@@ -99,8 +99,7 @@ class InventoryWorkflow(MdmWorkflow):
             values.update(security_values(secinfo))
             source.append("SecurityInfo")
         if values:
-            await store_inventory(
-                inp.revision,
+            await self.store_inventory(
                 InventoryUpdate(
                     enrollment_id=inp.enrollment_id, values=values, source="+".join(source)
                 ),

@@ -19,8 +19,10 @@ from protocol.results import CommandReport
 # history (``workflow.patched`` would add a marker and a search-attribute upsert to
 # every run). Revisions: 1 = v0.1 (store writes as activities); 2 = store writes as
 # local activities; 3 = idempotent, bounded sends that a finished step stops waiting for
-# (``workflows.engine.IDEMPOTENT_SEND_REVISION``).
-ENGINE_REVISION = 3
+# (``workflows.engine.IDEMPOTENT_SEND_REVISION``); 4 = fleet runs: one run drives a chunk
+# of enrollments (``workflows.fleet``), a start no longer starts one run per device.
+ENGINE_REVISION = 4
+FLEET_REVISION = 4
 
 
 class RevisionTooNew(RuntimeError):
@@ -158,3 +160,61 @@ class RunResult(BaseModel):
     message: str
     enrollment_id: str
     instance_id: str
+
+
+class FleetInput(BaseModel):
+    """A fleet run: one workflow for a chunk of enrollments, each living its own story."""
+
+    workflow_name: str
+    instance_id: str
+    chunk: int = 0
+    enrollment_ids: list[str]
+    context: str | None = None
+    # Only for enrollments that have some (NanoCMD's per-ID URL parameters).
+    url_params: dict[str, dict[str, str]] = Field(default_factory=dict)
+    step_timeout_seconds: float | None = None
+    repush_after_seconds: list[PositiveFloat] | None = None
+    revision: int = FLEET_REVISION
+
+    def device_input(self, enrollment_id: str) -> WorkflowInput:
+        return WorkflowInput(
+            enrollment_id=enrollment_id,
+            instance_id=self.instance_id,
+            context=self.context,
+            url_params=self.url_params.get(enrollment_id, {}),
+            step_timeout_seconds=self.step_timeout_seconds,
+            repush_after_seconds=self.repush_after_seconds,
+            revision=self.revision,
+        )
+
+
+class FleetResult(RunResult):
+    """A fleet run's return value; for a chunk of one it reads as that device's RunResult.
+
+    ``status`` is the device's for a chunk of one; for more, ``completed`` when every
+    device completed, otherwise ``failed`` (``by_status`` says how many of each).
+    """
+
+    chunk: int = 0
+    devices: int = 1
+    by_status: dict[str, int] = Field(default_factory=dict)
+
+
+class FleetSummary(BaseModel):
+    """Where a fleet run stands: devices per status and per current step."""
+
+    workflow_name: str
+    instance_id: str
+    chunk: int
+    devices: int
+    by_status: dict[str, int]
+    by_step: dict[str, int]
+    ignored_reports: int = 0
+    rejected_reports: int = 0
+
+
+class DeviceStatesPage(BaseModel):
+    """A page of a fleet run's per-device states, in enrollment order."""
+
+    states: list[RunState]
+    next_after: str | None = None

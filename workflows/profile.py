@@ -12,8 +12,6 @@ installed, unknown profile, or the device's error. Any error fails the run.
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
@@ -53,12 +51,12 @@ class ProfileWorkflow(MdmWorkflow):
         install, remove = parse_context(inp.context)
         if not install and not remove:
             return self.finish("failed", "context names no profiles (e.g. 'wifi,-old')")
-        stored = await workflow.execute_activity(
+        stored = await self.activity(
             "profiles.info",
             ProfileInfoRequest(names=install + remove),
-            start_to_close_timeout=timedelta(seconds=30),
             result_type=ProfileInfoResult,
             summary="look up stored profiles",
+            shared=True,  # the same answer for every device of a fleet run
         )
         report: dict[str, str] = {
             n: "unknown profile" for n in install + remove if n not in stored.profiles

@@ -1,0 +1,605 @@
+"""The chunk engine: the step engine for many devices inside one fleet run.
+
+A fleet run (:mod:`workflows.fleet`) runs one device story per enrollment of its chunk.
+Their steps come here instead of to per-device activities and timers, so a chunk of a
+thousand devices costs about as much history as a handful of one-device runs:
+
+- devices that reach a step with the same commands in the same workflow task share one
+  CommandUUID per command and one ``mdm.send_fleet`` activity (NanoMDM: one multi-ID
+  enqueue per command and one push per hundred devices). A command carrying a
+  device's own secret (lock PIN, current recovery key) is never shared;
+- one timer, the chunk's clock, serves every device's re-push and timeout: it wakes at
+  the earliest device wake-up (late by at most ``CLOCK_SLACK``, so wake-ups close
+  together share a timer), never early;
+- re-pushes of silent devices that fall due together are one ``mdm.push``; re-issues of
+  the same silent read-only command are one shared send;
+- store writes and releases of finished devices' holds are batched into one local
+  activity per workflow task; other activities are bounded to
+  ``MAX_PENDING_ACTIVITIES`` at a time, and identical shared reads run once.
+
+Per device everything is as in a one-device run (:class:`workflows.engine.MdmWorkflow`):
+NotNow never completes a command, duplicates and late reports are ignored, the re-push
+schedule and the re-issue of a silent read-only command, step timeouts, re-enrollment
+and check-out. A device that fails or is slow never holds back the others' next steps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
+
+from pydantic import BaseModel
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, ApplicationError
+
+with workflow.unsafe.imports_passed_through():
+    from activities.models import (
+        FLEET_SEND_MAX_IDS,
+        DeviceInfoLogEntry,
+        FleetSendInput,
+        FleetSendResult,
+        InventoryUpdate,
+        PushInput,
+        PushResult,
+        QueuedCommand,
+        ReleaseHolds,
+    )
+    from protocol import routing
+    from protocol.commands import Command
+    from workflows import search_attributes as sa
+    from workflows.engine import (
+        BOUNDED_SEND_RETRY,
+        MAX_RESENDS,
+        REISSUE_AFTER_REPUSHES,
+        SEND_HEARTBEAT_TIMEOUT,
+        _enqueue_failed,
+    )
+    from workflows.models import (
+        CommandProgress,
+        FleetInput,
+        StepOutcome,
+        StepRecord,
+    )
+
+if TYPE_CHECKING:
+    from workflows.engine import MdmWorkflow
+
+T = TypeVar("T")
+
+# Wake-ups this close after the earliest share its timer (a device wakes at most this late).
+CLOCK_SLACK = timedelta(seconds=2)
+# Activities of a chunk pending at once (Temporal allows 2,000 per run).
+MAX_PENDING_ACTIVITIES = 100
+# Items of one batched store write.
+STORE_BATCH = 500
+STORE_TIMEOUT = timedelta(seconds=60)
+# A send to a thousand devices through MicroMDM is a thousand requests per command.
+FLEET_SEND_TIMEOUT = timedelta(minutes=10)
+FAR_FUTURE = datetime.max
+# Fills that hold one device's own secret: such a command is sent to its device alone.
+PER_DEVICE_FILLS = frozenset({"new_pin", "current_prk"})
+
+STORE_ACTIVITIES = {
+    "inventory": "inventory.store_many",
+    "devinfo_log": "inventory.log_device_information_many",
+}
+
+
+@dataclass
+class _Item:
+    """One command of a send: a known UUID (sent again) or a new one made for the group."""
+
+    index: int
+    command: Command
+    uuid: str | None = None
+    # For a new UUID replacing an unanswered one (re-issue, re-send): the one it replaces.
+    replaces: str | None = None
+
+
+@dataclass
+class _Send:
+    dev: MdmWorkflow
+    record: StepRecord
+    items: list[_Item]
+    key: tuple[Any, ...]
+    done: bool = False
+    failed: str | None = None
+
+
+@dataclass
+class _Push:
+    dev: MdmWorkflow
+    record: StepRecord
+    done: bool = False
+
+
+@dataclass
+class _Batch:
+    items: list[BaseModel] = field(default_factory=list)
+    done: bool = False
+    error: ActivityError | None = None
+
+
+def _per_device(command: Command) -> bool:
+    return any(f.kind in PER_DEVICE_FILLS for f in command.fills)
+
+
+class Chunk:
+    """The devices of one fleet run and the machinery their steps share."""
+
+    def __init__(self, inp: FleetInput, code: str) -> None:
+        self.input = inp
+        self.code = code
+        self.devices: dict[str, MdmWorkflow] = {}
+        self._sends: list[_Send] = []
+        self._pushes: list[_Push] = []
+        self._batches: dict[str, _Batch] = {}
+        self._released: list[str] = []
+        self._pending = 0
+        self._tasks: list[asyncio.Task[None]] = []
+        self._shared: dict[tuple[str, str], asyncio.Task[Any]] = {}
+        self._closing = False
+        # the clock
+        self._wakeups: dict[str, datetime] = {}
+        self._clock_now = datetime.min.replace(tzinfo=workflow.now().tzinfo)
+        self._clock_target = FAR_FUTURE.replace(tzinfo=workflow.now().tzinfo)
+        self._retarget = False
+        self._step_shown: str | None = None
+
+    def __len__(self) -> int:
+        return len(self.devices)
+
+    def add(self, enrollment_id: str, dev: MdmWorkflow) -> None:
+        dev._chunk = self
+        self.devices[enrollment_id] = dev
+
+    # ---- background tasks --------------------------------------------------------------
+
+    async def pump(self) -> None:
+        """Flush what the devices queued in this workflow task as few activities."""
+        while True:
+            await workflow.wait_condition(
+                lambda: (
+                    bool(self._sends or self._pushes or self._batches or self._released)
+                    or self._closing
+                )
+            )
+            if not (self._sends or self._pushes or self._batches or self._released):
+                await asyncio.gather(*self._tasks)  # the last releases and writes land
+                return
+            self._tasks = [t for t in self._tasks if not t.done()]
+            sends, self._sends = self._sends, []
+            pushes, self._pushes = self._pushes, []
+            batches, self._batches = self._batches, {}
+            released, self._released = self._released, []
+            groups: dict[tuple[Any, ...], list[_Send]] = {}
+            for s in sends:
+                groups.setdefault(s.key, []).append(s)
+            for group in groups.values():
+                for start in range(0, len(group), FLEET_SEND_MAX_IDS):
+                    part = group[start : start + FLEET_SEND_MAX_IDS]
+                    self._tasks.append(asyncio.create_task(self._send_group(part)))
+            if pushes:
+                self._tasks.append(asyncio.create_task(self._push_all(pushes)))
+            for kind, batch in batches.items():
+                self._tasks.append(asyncio.create_task(self._store_batch(kind, batch)))
+            if released:
+                self._tasks.append(asyncio.create_task(self._release(released)))
+
+    async def clock(self) -> None:
+        """The chunk's one timer: wakes devices whose re-push or deadline is due."""
+        while True:
+            await workflow.wait_condition(lambda: bool(self._wakeups) or self._closing)
+            if not self._wakeups:
+                return
+            earliest = min(self._wakeups.values())
+            target = max(w for w in self._wakeups.values() if w <= earliest + CLOCK_SLACK)
+            self._clock_target = target
+            self._retarget = False
+            delay = target - workflow.now()
+            if delay > timedelta(0):
+                try:
+                    await workflow.wait_condition(
+                        lambda: self._retarget or self._closing, timeout=delay
+                    )
+                    continue  # an earlier wake-up came in: aim again
+                except TimeoutError:
+                    pass
+            self._clock_now = workflow.now()
+            self._clock_target = FAR_FUTURE.replace(tzinfo=target.tzinfo)
+            # let the woken devices run (and register their next wake-up) before aiming again
+            await workflow.wait_condition(
+                lambda: all(w > self._clock_now for w in self._wakeups.values())
+            )
+
+    def close(self) -> None:
+        self._closing = True
+
+    async def _wait(self, dev: MdmWorkflow, ready: Callable[[], bool], wake: datetime) -> bool:
+        """Wait until ``ready()`` or the clock passes ``wake``; True when ready."""
+        if ready():
+            return True
+        eid = dev.input.enrollment_id
+        self._wakeups[eid] = wake
+        if wake < self._clock_target:
+            self._retarget = True
+        try:
+            await workflow.wait_condition(lambda: ready() or self._clock_now >= wake)
+        finally:
+            self._wakeups.pop(eid, None)
+        return ready()
+
+    # ---- the step ------------------------------------------------------------------
+
+    def _show_step(self, name: str) -> None:
+        """Keep the run's MdmStep search attribute: a one-device chunk shows its step."""
+        if len(self.devices) > 1 and self._step_shown is not None:
+            return
+        if name != self._step_shown:
+            self._step_shown = name
+            workflow.upsert_search_attributes([sa.CURRENT_STEP.value_set(name)])
+
+    def finished(self, dev: MdmWorkflow) -> None:
+        """A device's story ended: its hold goes back (batched)."""
+        self._released.append(dev.input.enrollment_id)
+        if len(self.devices) == 1:
+            self._show_step(f"done:{dev._state.status}")
+
+    def _new_uuid(self) -> str:
+        return routing.fleet_command_uuid(
+            self.code, self.input.instance_id, self.input.chunk, workflow.uuid4().hex[:20]
+        )
+
+    async def step(
+        self,
+        dev: MdmWorkflow,
+        name: str,
+        commands: Sequence[Command],
+        *,
+        timeout: timedelta | None,
+        not_until: datetime | None,
+    ) -> StepOutcome:
+        await dev.before_step(name)
+        dev._reset = None
+        record = StepRecord(name=name, status="waiting", started_at=workflow.now())
+        dev._state.steps.append(record)
+        dev._state.current_step = name
+        self._show_step(name)
+        if not_until is not None and not_until > workflow.now():
+            await self._wait(dev, lambda: False, not_until)
+
+        deadline = workflow.now() + dev._step_timeout(timeout)
+        record.deadline = deadline
+        record.status = "sending"
+        record.commands = [
+            CommandProgress(command_uuid="", request_type=c.request_type) for c in commands
+        ]
+        dev._awaiting = {}
+        dev._answers = [None] * len(commands)
+        dev._unconfirmed = {}
+
+        reset: str | None = None
+        timed_out = False
+        if dev._checked_out:
+            reset = "checked out"
+        else:
+            await self._send(dev, record, [_Item(i, c) for i, c in enumerate(commands)], deadline)
+            record.status = "pending"
+            ended = await self._wait_for_answers(dev, record, commands, deadline)
+            if ended == "reset":
+                reset = dev._reset.reason if dev._reset else "reset"
+            timed_out = ended == "timed_out"
+
+        record.status = "timed_out" if timed_out else "reset" if reset else "completed"
+        record.finished_at = workflow.now()
+        outcome = StepOutcome(
+            name=name,
+            results=list(dev._answers),
+            timed_out=timed_out,
+            reset=reset,
+            send_error=record.send_error if dev._unconfirmed else None,
+        )
+        dev._awaiting = {}
+        dev._answers = []
+        dev._unconfirmed = {}
+        return outcome
+
+    async def _wait_for_answers(
+        self,
+        dev: MdmWorkflow,
+        record: StepRecord,
+        commands: Sequence[Command],
+        deadline: datetime,
+    ) -> Literal["answered", "timed_out", "reset"]:
+        silent_repushes = 0
+        resends = 0
+        schedule = dev._repush_schedule()
+        while not dev._all_answered():
+            remaining = deadline - workflow.now()
+            if remaining <= timedelta(0):
+                return "timed_out"
+            interval = schedule[min(silent_repushes, len(schedule) - 1)]
+            wake = workflow.now() + min(remaining, interval)
+            if not await self._wait(dev, dev._answered_or_reset, wake):
+                if workflow.now() >= deadline:
+                    return "answered" if dev._all_answered() else "timed_out"
+                silent_repushes += 1
+                await self._repush(dev, record, commands, silent_repushes)
+                continue
+            if dev._reset is not None and not dev._all_answered():
+                if dev._checked_out or dev.ON_ENROLLMENT_RESET == "fail":
+                    return "reset"
+                resends += 1
+                if resends > MAX_RESENDS:
+                    return "reset"  # a device re-enrolling over and over: stop re-sending
+                dev._reset = None
+                # the queue is empty after a re-enrollment: queue what is missing again
+                again = [
+                    _Item(i, c, replaces=record.commands[i].command_uuid)
+                    for i, c in enumerate(commands)
+                    if dev._answers[i] is None
+                ]
+                await self._send(dev, record, again, None, alone=True)
+                silent_repushes = 0
+        return "answered"
+
+    async def _repush(
+        self,
+        dev: MdmWorkflow,
+        record: StepRecord,
+        commands: Sequence[Command],
+        silent_repushes: int,
+    ) -> None:
+        """Re-push; first send again what was never confirmed, and re-issue silent reads."""
+        items = [
+            _Item(dev._awaiting[uuid], commands[dev._awaiting[uuid]], uuid=uuid)
+            for uuid in dev._unconfirmed
+            if dev._answers[dev._awaiting[uuid]] is None
+        ]
+        if silent_repushes >= REISSUE_AFTER_REPUSHES:
+            for i, command in enumerate(commands):
+                progress = record.commands[i]
+                if (
+                    dev._answers[i] is None
+                    and command.read_only
+                    and not progress.reissued_as
+                    and progress.not_now_count == 0
+                ):
+                    items.append(_Item(i, command, replaces=progress.command_uuid))
+        if items:
+            await self._send(dev, record, items, None)
+            return
+        push = _Push(dev, record)
+        self._pushes.append(push)
+        await workflow.wait_condition(lambda: push.done)
+
+    # ---- sending -------------------------------------------------------------------
+
+    async def _send(
+        self,
+        dev: MdmWorkflow,
+        record: StepRecord,
+        items: list[_Item],
+        deadline: datetime | None,
+        *,
+        alone: bool = False,
+    ) -> None:
+        """Queue ``items`` for this device and wait until the group's send is over.
+
+        Devices whose items are the same (same commands, same UUIDs or replacing the
+        same UUIDs) in the same workflow task form one group and one send.
+        """
+        parts: list[Any] = [record.name]
+        for item in items:
+            command_key = item.command.model_dump_json()
+            parts.append((item.uuid, item.replaces, item.uuid or command_key))
+            if _per_device(item.command):
+                alone = True
+        if alone:
+            parts.append(dev.input.enrollment_id)
+        send = _Send(dev, record, items, key=tuple(parts))
+        self._sends.append(send)
+        ready = lambda: send.done or dev._step_over()  # noqa: E731
+        if deadline is None:
+            await workflow.wait_condition(ready)
+        else:
+            await self._wait(dev, ready, deadline)
+        if send.failed is not None:
+            raise _enqueue_failed(record, send.failed)
+
+    async def _send_group(self, group: list[_Send]) -> None:
+        first = group[0]
+        # the group's UUIDs: made once, shared by every device of the group
+        uuids = [item.uuid or self._new_uuid() for item in first.items]
+        for s in group:
+            for item, uuid in zip(s.items, uuids, strict=True):
+                if item.uuid is not None:
+                    continue
+                progress = s.record.commands[item.index]
+                if item.replaces is None:
+                    progress.command_uuid = uuid
+                else:
+                    progress.reissued_as.append(uuid)
+                s.dev._awaiting[uuid] = item.index
+        queued = [
+            QueuedCommand(command_uuid=uuid, command=item.command)
+            for item, uuid in zip(first.items, uuids, strict=True)
+        ]
+        unsure = {
+            s.dev.input.enrollment_id: [u for u in uuids if s.dev._unconfirmed.get(u) == "unsure"]
+            for s in group
+        }
+        await self._slot()
+        try:
+            handle = workflow.start_activity(
+                "mdm.send_fleet",
+                FleetSendInput(
+                    enrollment_ids=[s.dev.input.enrollment_id for s in group],
+                    commands=queued,
+                    unsure={eid: u for eid, u in unsure.items() if u},
+                ),
+                start_to_close_timeout=FLEET_SEND_TIMEOUT,
+                heartbeat_timeout=SEND_HEARTBEAT_TIMEOUT,
+                retry_policy=BOUNDED_SEND_RETRY,
+                result_type=FleetSendResult,
+                summary=f"send {first.record.name} to {len(group)} device(s)",
+            )
+            await workflow.wait_condition(
+                lambda: handle.done() or all(s.dev._step_over() for s in group)
+            )
+            if not handle.done():
+                handle.cancel()  # every device's step is over: the send is moot
+                for s in group:
+                    s.done = True
+                return
+            try:
+                result = await handle
+            except ActivityError as exc:
+                self._send_lost(group, uuids, exc)
+                return
+        finally:
+            self._pending -= 1
+        for s in group:
+            self._apply(s, uuids, result)
+            s.done = True
+
+    def _send_lost(self, group: list[_Send], uuids: list[str], exc: ActivityError) -> None:
+        cause = exc.cause
+        for s in group:
+            if isinstance(cause, ApplicationError) and cause.non_retryable:
+                s.failed = cause.message
+            else:
+                # lost with its last attempt: whatever it queued is unknown
+                s.record.send_error = f"send failed: {cause or exc}"
+                for uuid in uuids:
+                    s.dev._unconfirmed[uuid] = "unsure"
+            s.done = True
+
+    @staticmethod
+    def _apply(s: _Send, uuids: list[str], result: FleetSendResult) -> None:
+        problem = result.problems.get(s.dev.input.enrollment_id)
+        record = s.record
+        if problem is None:
+            for uuid in uuids:
+                s.dev._unconfirmed.pop(uuid, None)
+            record.send_error = None
+            record.pushes += 1
+            record.push_error = result.push_error
+            return
+        if problem.failed is not None:
+            s.failed = problem.failed
+            return
+        for uuid in uuids:
+            if uuid in problem.unsent:
+                s.dev._unconfirmed[uuid] = "unsent"
+            else:
+                s.dev._unconfirmed.pop(uuid, None)
+        record.send_error = problem.error
+        if problem.uncertain:
+            record.send_error = (
+                f"{problem.error}; not posted again, so the device runs it at most once: "
+                + ", ".join(problem.uncertain)
+            )
+        if len(problem.unsent) < len(uuids):
+            record.pushes += 1
+            record.push_error = result.push_error
+
+    async def _push_all(self, pushes: list[_Push]) -> None:
+        await self._slot()
+        error: str | None
+        try:
+            result = await workflow.execute_activity(
+                "mdm.push",
+                PushInput(enrollment_ids=[p.dev.input.enrollment_id for p in pushes]),
+                start_to_close_timeout=timedelta(minutes=2),
+                retry_policy=RetryPolicy(maximum_attempts=5),
+                result_type=PushResult,
+                summary=f"re-push {len(pushes)} device(s)",
+            )
+            error = result.push_error
+        except ActivityError as exc:
+            # not fatal: the commands are queued, the devices will ask
+            error = str(exc.cause or exc)
+        finally:
+            self._pending -= 1
+        for p in pushes:
+            if error is None:
+                p.record.pushes += 1
+            p.record.push_error = error
+            p.done = True
+
+    # ---- other activities ----------------------------------------------------------
+
+    async def _slot(self) -> None:
+        await workflow.wait_condition(lambda: self._pending < MAX_PENDING_ACTIVITIES)
+        self._pending += 1
+
+    async def call(
+        self,
+        name: str,
+        arg: Any,
+        *,
+        result_type: type[T],
+        summary: str,
+        shared: bool,
+        timeout: timedelta,
+    ) -> T:
+        key = (name, arg.model_dump_json() if isinstance(arg, BaseModel) else repr(arg))
+        if shared and key in self._shared:
+            result: T = await self._shared[key]
+            return result
+
+        async def run() -> T:
+            await self._slot()
+            try:
+                value: T = await workflow.execute_activity(
+                    name,
+                    arg,
+                    start_to_close_timeout=timeout,
+                    result_type=result_type,
+                    summary=summary,
+                )
+                return value
+            finally:
+                self._pending -= 1
+                if shared:
+                    self._shared.pop(key, None)
+
+        task = asyncio.create_task(run())
+        if shared:
+            self._shared[key] = task
+        result = await task
+        return result
+
+    async def store(self, kind: str, item: InventoryUpdate | DeviceInfoLogEntry) -> None:
+        batch = self._batches.setdefault(kind, _Batch())
+        batch.items.append(item)
+        await workflow.wait_condition(lambda: batch.done)
+        if batch.error is not None:
+            raise batch.error
+
+    async def _store_batch(self, kind: str, batch: _Batch) -> None:
+        try:
+            for start in range(0, len(batch.items), STORE_BATCH):
+                await workflow.execute_local_activity(
+                    STORE_ACTIVITIES[kind],
+                    batch.items[start : start + STORE_BATCH],
+                    start_to_close_timeout=STORE_TIMEOUT,
+                    summary=f"store {len(batch.items)} {kind} record(s)",
+                )
+        except ActivityError as exc:
+            batch.error = exc
+        finally:
+            batch.done = True
+
+    async def _release(self, enrollment_ids: list[str]) -> None:
+        await workflow.execute_local_activity(
+            "holds.release",
+            ReleaseHolds(workflow_id=workflow.info().workflow_id, enrollment_ids=enrollment_ids),
+            start_to_close_timeout=STORE_TIMEOUT,
+            summary=f"release {len(enrollment_ids)} device(s)",
+        )
