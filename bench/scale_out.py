@@ -9,7 +9,7 @@ through :class:`RoundRobin`, a front that spreads them over the relays still up 
 load balancer would). Both phases run ``io.micromdm.wf.inventory.v1`` (DeviceInformation
 + SecurityInfo, one step) on their own freshly enrolled devices.
 
-1. Steady: the starts are split across both API processes. Every run completes, every
+1. Steady: the starts are split across both API processes. Every device completes, every
    device answered exactly its two commands, each answer was signalled exactly once
    (the relays' ``webhook_signalled`` counters sum to two per device, both relays took
    part), nothing failed at the front, and every inventory is in PostgreSQL.
@@ -19,10 +19,12 @@ load balancer would). Both phases run ``io.micromdm.wf.inventory.v1`` (DeviceInf
    half a second later (and not before a report was sent to it). Webhooks sent to the
    dying relay fail (the front answers 502, the MDM server never retries) and the front
    takes it out of the rotation; the step re-issues a read-only command whose answer
-   went missing under a new UUID. Every run must complete, every CommandUUID (original
-   or re-issued) was queued once and answered at most once, every original answered
-   once, and each device answered exactly the commands queued for it. Re-issued
-   commands are counted apart.
+   went missing under a new UUID. Every device must complete; a fleet run sends one
+   CommandUUID to many devices, so every CommandUUID (original or re-issued) must have
+   been queued exactly once per device it was sent to (per the devices' own states) and
+   answered at most that often, every original answered by each of its devices, and the
+   devices together answered exactly the commands queued for them. Re-issued commands
+   are counted apart.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ import signal
 import sys
 import time
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -50,7 +53,6 @@ from bench.chaos.common import answered_per_device, check_all_completed, until
 from bench.rss import PeakRss
 from bench.servers import RestartableServer, listening_socket
 from bench.stack import API_KEY, Stack, StackOptions
-from protocol import routing
 from simulator.rawhttp import RawHTTPConnection, RawHTTPError
 from store.db import open_engine
 from store.inventory import InventoryStore
@@ -285,7 +287,9 @@ async def steady(so: ScaleOut, n: int) -> dict[str, Any]:
             await stack.wait_closed(instance, len(part), timeout=max(600, n))
         seconds = time.monotonic() - t0
     await fleet.wait_idle(timeout=60)
-    statuses = await check_all_completed(stack, ids, INVENTORY)
+    statuses: Counter[str] = Counter()
+    for instance, part in zip(instances, parts, strict=True):
+        statuses.update(await check_all_completed(stack, instance, part))
     per_device = answered_per_device(stack, ids)
     assert per_device == {2: n}, f"answers per device: {dict(per_device)}"
     enqueued = fleet.stats["commands_enqueued"] - enqueued_before
@@ -301,7 +305,7 @@ async def steady(so: ScaleOut, n: int) -> dict[str, Any]:
         "devices_per_s": round(n / seconds, 2),
         "start_request_seconds": round(start_seconds, 1),
         "starts_per_api": [len(p) for p in parts],
-        "statuses": statuses,
+        "statuses": dict(statuses),
         "answers_per_device": dict(per_device),
         "commands_enqueued": enqueued,
         "webhooks_per_relay": forwarded,
@@ -311,18 +315,14 @@ async def steady(so: ScaleOut, n: int) -> dict[str, Any]:
     }
 
 
-async def _commands(stack: Stack, ids: Sequence[str]) -> dict[str, list[tuple[str, list[str]]]]:
-    """Per device, its run's commands: (original CommandUUID, re-issued UUIDs)."""
-    gate = asyncio.Semaphore(16)
-
-    async def one(eid: str) -> list[tuple[str, list[str]]]:
-        handle = stack.client.get_workflow_handle(routing.workflow_id(INVENTORY, eid))
-        async with gate:
-            state = dict(await handle.query("state"))
-        return [(c["command_uuid"], list(c["reissued_as"])) for c in state["steps"][0]["commands"]]
-
-    found = await asyncio.gather(*(one(e) for e in ids))
-    return dict(zip(ids, found, strict=True))
+async def _commands(stack: Stack, instance: str) -> dict[str, list[tuple[str, list[str]]]]:
+    """Per device, its commands: (original CommandUUID, re-issued UUIDs). Devices of a
+    fleet run share a CommandUUID when they were sent the same command together."""
+    states = await stack.device_states(instance)
+    return {
+        eid: [(c["command_uuid"], list(c["reissued_as"])) for c in state["steps"][0]["commands"]]
+        for eid, state in states.items()
+    }
 
 
 async def kill_mid_run(
@@ -369,27 +369,36 @@ async def kill_mid_run(
     await stack.wait_closed(instance, n, timeout=max(600, n))
     seconds = time.monotonic() - t0
     await fleet.wait_idle(timeout=60)  # re-issued commands still queued get answered
-    statuses = await check_all_completed(stack, ids, INVENTORY)
+    statuses = await check_all_completed(stack, instance, ids)
 
-    commands = await _commands(stack, ids)
-    originals = [u for cmds in commands.values() for u, _ in cmds]
-    reissued = [r for cmds in commands.values() for _, again in cmds for r in again]
-    every = originals + reissued
-    assert len(set(every)) == len(every), "a CommandUUID used twice"
-    queued_not_once = [u for u in every if fleet.command_copies(u) != 1]
-    assert not queued_not_once, f"queued other than once: {queued_not_once[:3]}"
-    answered_twice = [u for u in every if fleet.command_answers(u) > 1]
-    assert not answered_twice, f"answered twice: {answered_twice[:3]}"
-    unanswered = [u for u in originals if fleet.command_answers(u) != 1]
-    assert not unanswered, f"original commands never answered: {unanswered[:3]}"
-    assert done("commands_enqueued") == len(every), "commands queued that no run sent"
-    mismatch = [
-        eid
-        for eid, cmds in commands.items()
-        if fleet.device_state(eid)["counters"]["answered"]
-        != sum(fleet.command_answers(u) for orig, again in cmds for u in (orig, *again))
-    ]
-    assert not mismatch, f"devices that answered other commands than theirs: {mismatch[:3]}"
+    commands = await _commands(stack, instance)
+    # per CommandUUID, the devices it was sent to: as original, as a re-issue
+    sent_to: Counter[str] = Counter()
+    original_to: Counter[str] = Counter()
+    for cmds in commands.values():
+        for orig, again in cmds:
+            original_to[orig] += 1
+            sent_to.update([orig, *again])
+    originals = list(original_to)
+    reissued = [u for u in sent_to if u not in original_to]
+    assert not set(reissued) & set(originals), "a CommandUUID both original and re-issued"
+    assert all(
+        len({u for u, _ in cmds} | {r for _, a in cmds for r in a})
+        == len(cmds) + sum(len(a) for _, a in cmds)
+        for cmds in commands.values()
+    ), "a device given one CommandUUID twice"
+    queued_not_once = [u for u, k in sent_to.items() if fleet.command_copies(u) != k]
+    assert not queued_not_once, f"queued other than once per device: {queued_not_once[:3]}"
+    answered_twice = [u for u, k in sent_to.items() if fleet.command_answers(u) > k]
+    assert not answered_twice, f"answered more than once per device: {answered_twice[:3]}"
+    unanswered = [u for u, k in original_to.items() if fleet.command_answers(u) != k]
+    assert not unanswered, f"original commands not answered by each device: {unanswered[:3]}"
+    assert done("commands_enqueued") == sum(sent_to.values()), "commands queued that no run sent"
+    # a shared UUID's answers are counted over its devices: compare totals per device set
+    per_device_answers = sum(fleet.device_state(e)["counters"]["answered"] for e in ids)
+    assert per_device_answers == sum(fleet.command_answers(u) for u in sent_to), (
+        "devices answered other commands than theirs"
+    )
     # A report that failed at the front may still have been signalled before the relay
     # died; the run then completed without re-issuing that command.
     failed = set(so.front.failed_reports[reports_before:])
@@ -414,8 +423,9 @@ async def kill_mid_run(
         "failed_reports_delivered_before_relay_died": len(failed_originals - reissued_for),
         "failed_reports_of_reissued_commands": len(failed & set(reissued)),
         "reissued_after_slow_answer": len(reissued_for - failed),
-        "commands_original": len(originals),
-        "commands_reissued": len(reissued),
+        "command_uuids_original": len(originals),
+        "commands_original": sum(original_to.values()),
+        "commands_reissued": sum(sent_to[u] for u in reissued),
         "reissued_answered": sum(fleet.command_answers(u) for u in reissued),
         "answers_per_device": dict(sorted(answered_per_device(stack, ids).items())),
         "inventories_in_postgresql": await check_inventory(so, ids),

@@ -31,11 +31,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.api.enums.v1 import TaskQueueType
 from temporalio.api.taskqueue.v1 import TaskQueue
 from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
-from temporalio.client import Client, WorkflowExecution, WorkflowExecutionStatus
-from temporalio.common import (
-    SearchAttributePair,
-    TypedSearchAttributes,
-    WorkflowIDConflictPolicy,
+from temporalio.client import (
+    Client,
+    WorkflowExecution,
+    WorkflowFailureError,
+    WorkflowQueryFailedError,
 )
 from temporalio.worker import Worker
 
@@ -46,22 +46,22 @@ from escrow.sealing import load_master_key
 from mdmflow import codec
 from mdmflow.temporal_client import connect
 from mdmflow.temporal_server import EAGER_ACTIVITIES, SQLITE_PRAGMAS, DevServer, free_port
-from protocol import routing
 from relay.webhook_auth import WebhookAuth
 from simulator.app import create_app as create_sim_app
 from simulator.fleet import Fleet, FleetConfig
 from starter.api import create_app
 from starter.deps import Services
+from starter.starting import start_workflow
 from store.db import open_engine
+from store.holds import HoldStore
 from workflows import search_attributes as sa
-from workflows.models import ENGINE_REVISION, WorkflowInput
-from workflows.registry import BY_NAME
 
 API_KEY = "bench-api-key"
 HMAC_KEY = "bench-hmac-key"
 SIM_KEY = "bench-sim-key"
 DEVINFOLOG = "io.micromdm.wf.devinfolog.v1"
 ROOT = Path(__file__).resolve().parents[1]
+STATES_PAGE = 500  # the fleet run's largest page of device states
 
 
 @dataclass
@@ -372,39 +372,28 @@ class Stack:
         return str(body["instance_id"])
 
     async def start_direct(
-        self, ids: Sequence[str], workflow: str = DEVINFOLOG, **inputs: Any
+        self,
+        ids: Sequence[str],
+        workflow: str = DEVINFOLOG,
+        *,
+        repush_after_seconds: list[float] | None = None,
+        step_timeout_seconds: float | None = None,
     ) -> str:
-        """Start through the client with extra ``WorkflowInput`` fields (re-push schedule)."""
-        instance = str(uuid.uuid4())
-        wf = BY_NAME[workflow]
-        gate = asyncio.Semaphore(32)
-
-        async def one(eid: str) -> None:
-            attrs = TypedSearchAttributes(
-                [
-                    SearchAttributePair(sa.ENROLLMENT_ID, eid),
-                    SearchAttributePair(sa.WORKFLOW_NAME, workflow),
-                    SearchAttributePair(sa.INSTANCE_ID, instance),
-                    SearchAttributePair(sa.CURRENT_STEP, "starting"),
-                ]
-            )
-            async with gate:
-                await self.client.start_workflow(
-                    workflow,
-                    WorkflowInput(
-                        enrollment_id=eid,
-                        instance_id=instance,
-                        revision=ENGINE_REVISION,
-                        **inputs,
-                    ),
-                    id=routing.workflow_id(workflow, eid, None if wf.EXCLUSIVE else instance),
-                    task_queue=self.queue,
-                    id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
-                    search_attributes=attrs,
-                )
-
-        await asyncio.gather(*(one(e) for e in ids))
-        return instance
+        """Start through the starter itself, with what the HTTP API does not take (the
+        re-push schedule); returns the instance ID."""
+        assert self._engine is not None
+        result = await start_workflow(
+            self.client,
+            self.queue,
+            workflow,
+            list(ids),
+            step_timeout=step_timeout_seconds,
+            holds=HoldStore(self._engine),
+            repush_after=repush_after_seconds,
+        )
+        if result.refused:
+            raise RuntimeError(f"start refused: {result.refused}")
+        return result.instance_id
 
     async def count(self, query: str) -> int:
         return (await self.client.count_workflows(query)).count
@@ -417,28 +406,109 @@ class Stack:
                 raise TimeoutError(f"{found}/{total} runs match {query!r} after {timeout}s")
             await asyncio.sleep(0.2)
 
-    async def wait_closed(self, instance: str, total: int, timeout: float = 600) -> None:
-        """Until ``total`` runs of the instance are closed."""
+    async def wait_closed(
+        self, instance: str, devices: int, timeout: float = 600
+    ) -> list[dict[str, Any]]:
+        """Until every device of the instance has ended: the closed fleet runs' results
+        count ``devices`` devices (a fleet run ends when its last device does). Returns
+        those results (``FleetResult`` documents)."""
         query = f"{sa.INSTANCE_ID.name}='{instance}' AND ExecutionStatus!='Running'"
-        await self.wait_count(query, total, timeout)
+        deadline = time.monotonic() + timeout
+        seen: dict[str, dict[str, Any]] = {}
+        while True:
+            async for wf in self.client.list_workflows(query):
+                if wf.id not in seen:
+                    seen[wf.id] = await self.fleet_result(wf)
+            ended = sum(int(r["devices"]) for r in seen.values())
+            if ended >= devices:
+                return list(seen.values())
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"{ended}/{devices} devices of instance {instance} ended after {timeout}s"
+                )
+            await asyncio.sleep(0.2)
+
+    async def fleet_result(self, wf: WorkflowExecution) -> dict[str, Any]:
+        """A closed fleet run's result; a one-device run that failed in Temporal counts as
+        its one device failed."""
+        handle = self.client.get_workflow_handle(wf.id, run_id=wf.run_id)
+        try:
+            return dict(await handle.result(follow_runs=False))
+        except WorkflowFailureError as exc:
+            eid = wf.typed_search_attributes.get(sa.ENROLLMENT_ID)
+            if eid is None:
+                raise
+            return {
+                "status": "failed",
+                "message": str(exc.cause),
+                "enrollment_id": eid,
+                "devices": 1,
+                "by_status": {"failed": 1},
+            }
 
     async def runs(self, instance: str) -> list[WorkflowExecution]:
+        """The instance's fleet runs (one per chunk)."""
         query = f"{sa.INSTANCE_ID.name}='{instance}'"
         return [wf async for wf in self.client.list_workflows(query)]
 
-    async def results(self, ids: Sequence[str], workflow: str = DEVINFOLOG) -> dict[str, Any]:
-        """Each run's result document (status, message), by enrollment ID."""
+    async def device_states(self, instance: str) -> dict[str, dict[str, Any]]:
+        """Every device's ``RunState`` document, by enrollment ID, read page by page from
+        each fleet run of the instance (running or closed)."""
+        out: dict[str, dict[str, Any]] = {}
+        for wf in await self.runs(instance):
+            handle = self.client.get_workflow_handle(wf.id)
+            after: str | None = None
+            while True:
+                page = dict(await handle.query("states", args=[after, STATES_PAGE]))
+                for state in page["states"]:
+                    out[str(state["enrollment_id"])] = {**dict(state), "workflow_id": wf.id}
+                after = page.get("next_after")
+                if not after:
+                    break
+        return out
 
-        async def one(eid: str) -> Any:
-            handle = self.client.get_workflow_handle(routing.workflow_id(workflow, eid))
-            return await handle.result()
+    async def device_state(self, instance: str, eid: str) -> dict[str, Any]:
+        """One device's ``RunState`` from the fleet run of the instance that holds it."""
+        for wf in await self.runs(instance):
+            handle = self.client.get_workflow_handle(wf.id)
+            try:
+                state = dict(await handle.query("state", eid))
+            except WorkflowQueryFailedError:  # not a device of this chunk
+                continue
+            return {**state, "workflow_id": wf.id}
+        raise KeyError(f"{eid} is in no fleet run of instance {instance}")
+
+    async def results(
+        self, ids: Sequence[str], workflow: str = DEVINFOLOG, timeout: float = 120
+    ) -> dict[str, Any]:
+        """Results of one-device runs found by enrollment ID (runs started for a single
+        device, by a start or an event subscription), waiting for each to close."""
+
+        async def one(eid: str) -> dict[str, Any]:
+            query = (
+                f"{sa.ENROLLMENT_ID.name}='{eid}' AND {sa.WORKFLOW_NAME.name}='{workflow}'"
+            )
+            deadline = time.monotonic() + timeout
+            while True:
+                found = [wf async for wf in self.client.list_workflows(query)]
+                if found:
+                    handle = self.client.get_workflow_handle(found[0].id)
+                    return dict(await handle.result())
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"no {workflow} run for {eid} after {timeout}s")
+                await asyncio.sleep(0.2)
 
         values = await asyncio.gather(*(one(e) for e in ids))
-        return {eid: dict(v) for eid, v in zip(ids, values, strict=True)}
+        return dict(zip(ids, values, strict=True))
 
 
-def completed(runs: Sequence[WorkflowExecution]) -> int:
-    return sum(1 for r in runs if r.status == WorkflowExecutionStatus.COMPLETED)
+def completed(results: Sequence[dict[str, Any]]) -> int:
+    """Completed devices, from fleet runs' results."""
+    return sum(int(dict(r.get("by_status") or {}).get("completed", 0)) for r in results)
+
+
+def devices(results: Sequence[dict[str, Any]]) -> int:
+    return sum(int(r["devices"]) for r in results)
 
 
 def _end(proc: subprocess.Popen[bytes], kill: bool) -> None:

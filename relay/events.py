@@ -64,15 +64,13 @@ class EventDispatcher:
         task_queue: str,
         subscriptions: SubscriptionStore,
         register: EnrollmentRegister,
-        holds: HoldStore | None = None,
+        holds: HoldStore,
     ) -> None:
         self._client = client
         self._task_queue = task_queue
         self._subscriptions = subscriptions
         self._register = register
-        # runs are started through holds, and fleet runs are found by them; without a
-        # hold store subscriptions cannot start runs and only one-device runs hear of a
-        # re-enrollment or check-out
+        # runs are started through holds, and fleet runs are found by them
         self._holds = holds
 
     async def events_for(self, event: WebhookEvent) -> list[str]:
@@ -141,8 +139,6 @@ class EventDispatcher:
         try:
             if sub.event == "IdleNotStartedSince" and await self._started_recently(sub, eid):
                 return
-            if self._holds is None:
-                raise StartError("this relay has no hold store to start runs with")
             params = event.url_params or await self._register.url_params(eid)
             result = await start_workflow(
                 self._client,
@@ -199,12 +195,10 @@ class EventDispatcher:
         # on the device and its user channels (the store: no visibility lag either).
         legacy = {(routing.workflow_id(w.NAME, eid), eid) for w in WORKFLOWS if w.EXCLUSIVE}
         legacy.update(await running_for_enrollment(self._client, eid))
-        fleet: set[tuple[str, str]] = set()
-        if self._holds is not None:
-            fleet = {
-                (h.workflow_id, h.enrollment_id)
-                for h in await self._holds.for_enrollment(eid, user_channels=True)
-            }
+        fleet = {
+            (h.workflow_id, h.enrollment_id)
+            for h in await self._holds.for_enrollment(eid, user_channels=True)
+        }
 
         async def tell(workflow_id: str, run_enrollment: str) -> None:
             told = reset.model_copy(update={"enrollment_id": run_enrollment})

@@ -82,7 +82,9 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         svc = services if isinstance(services, Services) else await services()
         app.state.services = svc
-        events = EventDispatcher(svc.client, svc.task_queue, svc.subscriptions, svc.register)
+        events = EventDispatcher(
+            svc.client, svc.task_queue, svc.subscriptions, svc.register, svc.holds
+        )
         router = Router(svc.client, svc.task_queue, events)
         durable = DurableRouter(router, svc.inbox)
         holder["router"] = durable

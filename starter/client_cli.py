@@ -50,6 +50,20 @@ def cmd_runs(args: argparse.Namespace) -> int:
         return print_response(c.get("/v1/runs", params=params))
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    """One run: a device's state (--id), a page of its devices (--devices), or its summary."""
+    with api_client(args) as c:
+        if args.id:
+            params = {"workflow_id": args.workflow_id, "id": args.id}
+            return print_response(c.get("/v1/runs/state", params=params))
+        if args.devices:
+            params = {"workflow_id": args.workflow_id, "limit": str(args.limit)}
+            if args.after:
+                params["after"] = args.after
+            return print_response(c.get("/v1/runs/devices", params=params))
+        return print_response(c.get("/v1/runs/summary", params={"workflow_id": args.workflow_id}))
+
+
 def cmd_inventory(args: argparse.Namespace) -> int:
     with api_client(args) as c:
         return print_response(c.get("/v1/inventory", params=[("id", i) for i in args.ids]))
@@ -86,6 +100,21 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--workflow", help="workflow name")
     add_api_options(p)
     p.set_defaults(func=cmd_runs)
+
+    p = sub.add_parser(
+        "run",
+        help="show one fleet run: its summary, its devices, or one device",
+        description="Show a fleet run (workflow ID from `mdmflow runs`): devices per status "
+        "and step; with --devices a page of per-device states; with --id one device's steps, "
+        "commands and NotNow counts.",
+    )
+    p.add_argument("workflow_id", help="e.g. io.micromdm.wf.inventory.v1/fleet/<instance>/0")
+    p.add_argument("--id", help="enrollment ID: that device's state")
+    p.add_argument("--devices", action="store_true", help="list per-device states, a page")
+    p.add_argument("--after", help="with --devices: the page after this enrollment ID")
+    p.add_argument("--limit", type=int, default=100, help="with --devices: page size (100)")
+    add_api_options(p)
+    p.set_defaults(func=cmd_run)
 
     p = sub.add_parser(
         "inventory",

@@ -8,9 +8,9 @@ from __future__ import annotations
 import asyncio
 import uuid
 import zlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +22,14 @@ from activities.mdm_server import make_client
 from bench.servers import RestartableServer
 from escrow.sealing import load_master_key
 from mdmflow.temporal_server import DevServer
+from protocol import routing
 from relay.webhook_auth import WebhookAuth
 from simulator.app import create_app as create_sim_app
 from simulator.fleet import Fleet, FleetConfig
 from starter.api import create_app
 from starter.deps import Services
 from starter.runs import quote
+from starter.starting import chunk_size_from_env
 from store.db import open_engine
 from worker import build_worker
 from workflows import search_attributes as sa
@@ -50,6 +52,8 @@ class E2E:
     services: Services
     sim: httpx.AsyncClient
     var_dir: Path
+    # (workflow, enrollment) -> the fleet run this helper's starts put it in
+    started: dict[tuple[str, str], str] = field(default_factory=dict)
 
     async def enroll(self, count: int) -> list[str]:
         """Enroll devices and let their check-in webhooks reach the relay first."""
@@ -63,7 +67,15 @@ class E2E:
         )
         assert resp.status_code == 200, resp.text
         body: dict[str, Any] = resp.json()
+        self.note_started(workflow, body, ids)
         return body
+
+    def note_started(self, workflow: str, body: dict[str, Any], ids: Sequence[str]) -> None:
+        """Remember which fleet run (chunk) a start put each of ``ids`` in."""
+        size = chunk_size_from_env()
+        for position, eid in enumerate(i for i in dict.fromkeys(ids) if i in body["started"]):
+            run = routing.fleet_workflow_id(workflow, body["instance_id"], position // size)
+            self.started[(workflow, eid)] = run
 
     async def run_of(self, workflow: str, eid: str, timeout: float = 30) -> str:
         """The workflow ID of the latest run of ``workflow`` that drove ``eid``.
@@ -75,6 +87,8 @@ class E2E:
             f"{sa.WORKFLOW_NAME.name} = {quote(workflow)} "
             f"AND {sa.ENROLLMENT_ID.name} = {quote(eid)}"
         )
+        if (workflow, eid) in self.started:
+            return self.started[(workflow, eid)]
         deadline = asyncio.get_running_loop().time() + timeout
         while True:
             for hold in await self.services.holds.for_enrollment(eid, user_channels=False):

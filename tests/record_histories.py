@@ -30,9 +30,9 @@ from worker import PASSTHROUGH
 from workflows.catalog import ALL_WORKFLOWS
 from workflows.command_response import CommandResponseInput
 from workflows.devinfolog import DevInfoLogWorkflow
+from workflows.fleet import FleetRunWorkflow
 from workflows.inventory import InventoryWorkflow
 from workflows.lock import LockWorkflow
-from workflows.fleet import FleetRunWorkflow
 from workflows.models import (
     ENGINE_REVISION,
     EnrollmentReset,
@@ -127,7 +127,7 @@ async def main() -> None:
             """Four devices: NotNow then Ack, Error, silent (re-pushed, re-issued, timed
             out) and re-enrolled (its commands sent again, then answered)."""
             ids = [enrollment() for _ in range(4)]
-            acked, erring, silent, reenrolled = ids
+            acked, erring, _silent, reenrolled = ids
             instance = str(uuid.uuid4())
             handle = await env.client.start_workflow(
                 FleetRunWorkflow.run,

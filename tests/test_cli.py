@@ -28,7 +28,7 @@ async def cli(e2e: E2E, capsys: pytest.CaptureFixture[str], *argv: str) -> tuple
 
 
 @pytest.mark.parametrize(
-    "command", ["up", "worker", "serve", "temporal", "start", "runs", "inventory", "event",
+    "command", ["up", "worker", "serve", "temporal", "start", "runs", "run", "inventory", "event",
                 "schedule", "escrow", "profile", "cmdplan", "sim"],
 )  # fmt: skip
 def test_every_command_has_help(command: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -51,6 +51,15 @@ async def test_start_runs_and_inventory(e2e: E2E, capsys: pytest.CaptureFixture[
             break
         await asyncio.sleep(0.2)
     assert runs[0]["enrollment_id"] == eid and runs[0]["status"] == "completed"
+    run = runs[0]["workflow_id"]
+    code, summary = await cli(e2e, capsys, "run", run)
+    assert code == 0 and summary["by_status"] == {"completed": 1}
+    code, device = await cli(e2e, capsys, "run", run, "--id", eid)
+    assert code == 0 and device["steps"][0]["name"] == "inventory"
+    code, page = await cli(e2e, capsys, "run", run, "--devices", "--limit", "5")
+    assert code == 0 and [s["enrollment_id"] for s in page["states"]] == [eid]
+    code, stranger = await cli(e2e, capsys, "run", run, "--id", "NOT-IN-THIS-RUN")
+    assert code == 1 and "not a device of this run" in stranger["error"]
 
 
 async def test_schedules_through_the_cli(e2e: E2E, capsys: pytest.CaptureFixture[str]) -> None:

@@ -279,7 +279,7 @@ async def test_temporal_stores_only_encrypted_payloads(e2e: E2E) -> None:
             "--address",
             e2e.temporal.address,
             "--workflow-id",
-            f"{INVENTORY}/{eid}",
+            await e2e.run_of(INVENTORY, eid),
             "--output",
             "json",
         ],

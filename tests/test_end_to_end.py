@@ -65,7 +65,7 @@ async def test_temporal_cli_finds_the_run_by_enrollment_attribute(e2e: E2E) -> N
         if runs:
             break
         await asyncio.sleep(0.2)
-    assert [r["execution"]["workflowId"] for r in runs] == [f"{INVENTORY}/{eid}"]
+    assert [r["execution"]["workflowId"] for r in runs] == [await e2e.run_of(INVENTORY, eid)]
 
 
 async def test_notnow_then_acknowledged_completes_once(e2e: E2E) -> None:
@@ -112,7 +112,7 @@ async def test_duplicated_webhooks_change_nothing(e2e: E2E) -> None:
 async def test_unknown_enrollment_fails_with_a_clear_message(e2e: E2E) -> None:
     eid = "NOT-ENROLLED-" + uuid.uuid4().hex
     await e2e.start(INVENTORY, eid)
-    handle = e2e.client.get_workflow_handle(f"{INVENTORY}/{eid}")
+    handle = e2e.client.get_workflow_handle(await e2e.run_of(INVENTORY, eid))
     with pytest.raises(Exception) as info:
         await asyncio.wait_for(handle.result(), 60)
     assert "does not know enrollment" in str(info.value.__cause__ or info.value)

@@ -250,7 +250,9 @@ async def test_a_start_for_an_unknown_micromdm_device_fails_within_seconds(
     began = time.monotonic()
     started = await e2e_micromdm.start(INVENTORY, "NOT-A-REAL-UDID")
     assert started["started"] == ["NOT-A-REAL-UDID"]
-    handle = e2e_micromdm.client.get_workflow_handle(f"{INVENTORY}/NOT-A-REAL-UDID")
+    handle = e2e_micromdm.client.get_workflow_handle(
+        await e2e_micromdm.run_of(INVENTORY, "NOT-A-REAL-UDID")
+    )
     with pytest.raises(WorkflowFailureError) as failure:
         await asyncio.wait_for(handle.result(), 30)
     assert time.monotonic() - began < 10

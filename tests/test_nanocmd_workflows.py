@@ -19,8 +19,9 @@ import pytest
 from temporalio.client import WorkflowFailureError
 
 from mdmflow.temporal_server import free_port
+from protocol import routing
 from simulator.fleet import DeviceBehaviour
-from starter.starting import start_workflow
+from starter.starting import StartResult, start_workflow
 from tests.e2e_stack import E2E
 
 LOCK = "io.micromdm.wf.lock.v1"
@@ -77,11 +78,18 @@ def mobileconfig(identifier: str, uuid: str, marker: str = "x") -> bytes:
     )
 
 
+def fleet_run(workflow: str, started: StartResult) -> str:
+    """The workflow ID of a one-device start: its instance's first (only) chunk."""
+    return routing.fleet_workflow_id(workflow, started.instance_id, 0)
+
+
 async def run(
     e2e: E2E, workflow: str, eid: str, context: str | None = None, **kw: Any
 ) -> dict[str, Any]:
-    await start_workflow(e2e.client, e2e.queue, workflow, [eid], context, **kw, holds=e2e.services.holds)
-    handle = e2e.client.get_workflow_handle(f"{workflow}/{eid}")
+    started = await start_workflow(
+        e2e.client, e2e.queue, workflow, [eid], context, **kw, holds=e2e.services.holds
+    )
+    handle = e2e.client.get_workflow_handle(fleet_run(workflow, started))
     return dict(await asyncio.wait_for(handle.result(), 60))
 
 
@@ -157,9 +165,9 @@ async def test_fvenable_then_fvrotate_escrow_the_real_keys(e2e: E2E) -> None:
 
 async def test_fvrotate_without_an_escrowed_key_fails_before_sending(e2e: E2E) -> None:
     (eid,) = await e2e.enroll(1)
-    await start_workflow(e2e.client, e2e.queue, FVROTATE, [eid], holds=e2e.services.holds)
+    started = await start_workflow(e2e.client, e2e.queue, FVROTATE, [eid], holds=e2e.services.holds)
     with pytest.raises(WorkflowFailureError) as info:
-        await e2e.client.get_workflow_handle(f"{FVROTATE}/{eid}").result()
+        await e2e.client.get_workflow_handle(fleet_run(FVROTATE, started)).result()
     assert "no FileVault recovery key escrowed" in str(info.value.cause)
     assert e2e.fleet.device_state(eid)["counters"]["answered"] == 0
 
@@ -441,13 +449,13 @@ async def test_reenrolling_a_device_ends_a_pending_lock_at_once(e2e: E2E) -> Non
     """A lock is never silently re-sent to a device that re-enrolled."""
     (eid,) = await e2e.enroll(1)
     e2e.fleet.set_behaviour(eid, DeviceBehaviour(offline=True))
-    await start_workflow(e2e.client, e2e.queue, LOCK, [eid], holds=e2e.services.holds)
+    started = await start_workflow(e2e.client, e2e.queue, LOCK, [eid], holds=e2e.services.holds)
     for _ in range(100):
         if e2e.fleet.device_state(eid)["queue"]:
             break
         await asyncio.sleep(0.05)
     await e2e.fleet.reenroll(eid)
-    handle = e2e.client.get_workflow_handle(f"{LOCK}/{eid}")
+    handle = e2e.client.get_workflow_handle(fleet_run(LOCK, started))
     result = await asyncio.wait_for(handle.result(), 10)
     assert result["status"] == "failed" and "re-enrolled" in result["message"]
     assert e2e.fleet.device_state(eid)["queue"] == []

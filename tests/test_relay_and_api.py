@@ -20,9 +20,10 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
+from activities.holds import HoldActivities
 from bench.servers import RestartableServer
 from mdmflow import metrics
-from protocol import plist
+from protocol import plist, routing
 from relay.events import EVENTS
 from relay.hmac_check import sign
 from relay.webhook_auth import WebhookAuth
@@ -93,7 +94,11 @@ async def stack(dev_client: Client, store_engine: AsyncEngine) -> AsyncIterator[
             dev_client,
             task_queue=queue,
             workflows=list(ALL_WORKFLOWS),
-            activities=[mdm.send_step, mdm.push, inventory.store, inventory.log_device_information],
+            activities=[
+                *mdm.activities(),
+                *inventory.activities(),
+                HoldActivities(services.holds).release,
+            ],
             workflow_runner=SandboxedWorkflowRunner(
                 restrictions=SandboxRestrictions.default.with_passthrough_modules(*PASSTHROUGH)
             ),
@@ -168,7 +173,8 @@ async def test_reports_route_to_the_run_and_exclusivity_refuses_a_second_start(
         ack(eid, devinfo, "DeviceInformation", QueryResponses={"SerialNumber": "SER1"})
     )
     await stack.webhook(ack(eid, secinfo, "SecurityInfo", SecurityInfo={"FDE_Enabled": True}))
-    result = await stack.client.get_workflow_handle(f"{INVENTORY}/{eid}").result()
+    run = routing.fleet_workflow_id(INVENTORY, instance, 0)
+    result = await stack.client.get_workflow_handle(run).result()
     assert result["status"] == "completed"
     late = await stack.webhook(ack(eid, devinfo, "DeviceInformation"))
     assert late.status_code == 200 and late.json()["outcome"] in {"no_run", "signalled"}
@@ -178,9 +184,7 @@ async def test_reports_route_to_the_run_and_exclusivity_refuses_a_second_start(
     assert runs[0]["current_step"] == "done:completed"
     by_id = (await stack.http.get("/v1/runs", params={"id": other})).json()
     assert by_id[0]["status"] == "running" and by_id[0]["current_step"] == "inventory"
-    state = (
-        await stack.http.get("/v1/runs/state", params={"workflow_id": f"{INVENTORY}/{eid}"})
-    ).json()
+    state = (await stack.http.get("/v1/runs/state", params={"workflow_id": run, "id": eid})).json()
     assert state["steps"][0]["commands"][0]["not_now_count"] == 1
 
 

@@ -7,18 +7,22 @@ import json
 import uuid
 
 import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
+from activities.holds import HoldActivities
 from protocol import plist, routing
 from protocol.webhooks import parse_webhook
 from relay.routing import Router
 from starter.starting import start_workflow
+from store.holds import HoldStore
 from tests.simultaneous_workflow import SimultaneousWorkflow
 from tests.workflow_harness import RecordingMdm, enrollment
 from worker import PASSTHROUGH
 from workflows import registry
+from workflows.fleet import FleetRunWorkflow
 
 
 def webhook(eid: str, command_uuid: str) -> bytes:
@@ -42,24 +46,26 @@ def webhook(eid: str, command_uuid: str) -> bytes:
 
 
 async def test_two_instances_run_side_by_side_and_reports_reach_their_own_run(
-    time_env: WorkflowEnvironment, monkeypatch: pytest.MonkeyPatch
+    time_env: WorkflowEnvironment, store_engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setitem(registry.BY_NAME, SimultaneousWorkflow.NAME, SimultaneousWorkflow)
     monkeypatch.setitem(registry.BY_CODE, SimultaneousWorkflow.CODE, SimultaneousWorkflow)
     queue = f"sim-{uuid.uuid4()}"
     mdm = RecordingMdm()
+    holds = HoldStore(store_engine)
     eid = enrollment()
     async with Worker(
         time_env.client,
         task_queue=queue,
-        workflows=[SimultaneousWorkflow],
-        activities=[mdm.send_step, mdm.push],
+        workflows=[SimultaneousWorkflow, FleetRunWorkflow],
+        activities=[*mdm.activities(), HoldActivities(holds).release],
         workflow_runner=SandboxedWorkflowRunner(
             restrictions=SandboxRestrictions.default.with_passthrough_modules(*PASSTHROUGH)
         ),
     ):
-        first = await start_workflow(time_env.client, queue, SimultaneousWorkflow.NAME, [eid])
-        second = await start_workflow(time_env.client, queue, SimultaneousWorkflow.NAME, [eid])
+        name = SimultaneousWorkflow.NAME
+        first = await start_workflow(time_env.client, queue, name, [eid], holds=holds)
+        second = await start_workflow(time_env.client, queue, name, [eid], holds=holds)
         assert first.started == [eid] and second.started == [eid]  # nothing refused
         sent = await mdm.wait_sent(2)
         routes = {}
@@ -73,9 +79,9 @@ async def test_two_instances_run_side_by_side_and_reports_reach_their_own_run(
         for instance, command_uuid in routes.items():
             delivery = await router.deliver(parse_webhook(webhook(eid, command_uuid)))
             assert delivery.outcome == "signalled"
-            assert delivery.workflow_id == f"{SimultaneousWorkflow.NAME}/{eid}/{instance}"
+            assert delivery.workflow_id == routing.fleet_workflow_id(name, instance, 0)
         for instance in routes:
             handle = time_env.client.get_workflow_handle(
-                routing.workflow_id(SimultaneousWorkflow.NAME, eid, instance)
+                routing.fleet_workflow_id(name, instance, 0)
             )
             assert (await handle.result())["status"] == "completed"

@@ -10,7 +10,7 @@ import pytest
 
 from mdmflow.cli import main
 from tests.e2e_stack import E2E
-from workflows.models import WorkflowInput
+from workflows.models import FleetInput
 
 DEVINFOLOG = "io.micromdm.wf.devinfolog.v1"
 
@@ -24,13 +24,15 @@ async def test_ids_in_body_query_or_both_all_start_once(e2e: E2E) -> None:
     )
     assert resp.status_code == 200, resp.text
     assert sorted(resp.json()["started"]) == sorted([a, b, c])
+    e2e.note_started(DEVINFOLOG, resp.json(), [a, b, c])
     for eid in (a, b, c):
         assert (await e2e.result(DEVINFOLOG, eid))["status"] == "completed"
-    handle = e2e.client.get_workflow_handle(f"{DEVINFOLOG}/{b}")
+    handle = e2e.client.get_workflow_handle(await e2e.run_of(DEVINFOLOG, b))
     started = (await handle.fetch_history()).events[0].workflow_execution_started_event_attributes
     # payloads are encrypted in history: read the input through the client's codec
-    (inp,) = await e2e.client.data_converter.decode(started.input.payloads, [WorkflowInput])
+    (inp,) = await e2e.client.data_converter.decode(started.input.payloads, [FleetInput])
     assert inp.context == "from-body"
+    assert sorted(inp.enrollment_ids) == sorted([a, b, c])  # one fleet run, each ID once
 
 
 async def test_body_without_ids_is_refused_and_query_form_unchanged(e2e: E2E) -> None:

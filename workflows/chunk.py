@@ -149,6 +149,8 @@ class Chunk:
         self._clock_target = FAR_FUTURE.replace(tzinfo=workflow.now().tzinfo)
         self._retarget = False
         self._step_shown: str | None = None
+        # set when a device starts a step or ends: the run's details need a refresh
+        self.progressed = True
 
     def __len__(self) -> int:
         return len(self.devices)
@@ -245,6 +247,7 @@ class Chunk:
 
     def finished(self, dev: MdmWorkflow) -> None:
         """A device's story ended: its hold goes back (batched)."""
+        self.progressed = True
         self._released.append(dev.input.enrollment_id)
         if len(self.devices) == 1:
             self._show_step(f"done:{dev._state.status}")
@@ -268,6 +271,7 @@ class Chunk:
         record = StepRecord(name=name, status="waiting", started_at=workflow.now())
         dev._state.steps.append(record)
         dev._state.current_step = name
+        self.progressed = True
         self._show_step(name)
         if not_until is not None and not_until > workflow.now():
             await self._wait(dev, lambda: False, not_until)

@@ -76,10 +76,12 @@ class FleetRunWorkflow:
 
         pump = asyncio.create_task(chunk.pump())
         clock = asyncio.create_task(chunk.clock())
+        details = asyncio.create_task(self._details(inp, chunk))
         await asyncio.gather(*(self._live(inp, eid, dev) for eid, dev in chunk.devices.items()))
         chunk.close()
         await pump
         await clock
+        await details
         await workflow.wait_condition(workflow.all_handlers_finished)
         if self._failure is not None:
             raise self._failure
@@ -99,6 +101,22 @@ class FleetRunWorkflow:
             dev.finish("failed", f"{exc.activity_type or 'activity'} failed: {why}")
             if len(inp.enrollment_ids) == 1:
                 self._failure = exc
+
+    async def _details(self, inp: FleetInput, chunk: Chunk) -> None:
+        """Keep the Web UI's "current details" of the run: devices per status and step.
+
+        Not recorded in history; refreshed at most once per workflow task.
+        """
+        while True:
+            await workflow.wait_condition(lambda: chunk.progressed)
+            chunk.progressed = False
+            summary = self.summary()
+            parts = [f"{n} {s}" for s, n in sorted(summary.by_status.items())]
+            steps = ", ".join(f"{n} in {s!r}" for s, n in sorted(summary.by_step.items()))
+            text = f"**{inp.workflow_name}**, {summary.devices} device(s): {', '.join(parts)}"
+            workflow.set_current_details(text + (f" ({steps})" if steps else ""))
+            if summary.by_status.get("running", 0) == 0:
+                return
 
     def _result(self, inp: FleetInput, chunk: Chunk) -> FleetResult:
         states = [dev._state for dev in chunk.devices.values()]
@@ -164,6 +182,11 @@ class FleetRunWorkflow:
         if self._chunk is None:
             return RunState(status="running", current_step="starting")
         if enrollment_id is None:
+            if len(self._chunk) > 1:
+                raise ValueError(
+                    f"this fleet run drives {len(self._chunk)} devices: name one "
+                    "(GET /v1/runs/state?id=..., or /v1/runs/summary for all)"
+                )
             return next(iter(self._chunk.devices.values()))._state
         dev = self._chunk.devices.get(enrollment_id)
         if dev is None:

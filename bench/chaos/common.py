@@ -8,7 +8,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from bench.stack import DEVINFOLOG, Stack
+from bench.stack import Stack
 
 
 async def until(what: str, check: Callable[[], bool], timeout: float = 60) -> None:
@@ -30,13 +30,12 @@ def answered_per_device(stack: Stack, ids: Sequence[str]) -> Counter[int]:
     return Counter(stack.fleet.device_state(e)["counters"]["answered"] for e in ids)
 
 
-async def check_all_completed(
-    stack: Stack, ids: Sequence[str], workflow: str = DEVINFOLOG
-) -> dict[str, int]:
-    """Every run completed; returns the count per final status (for the report)."""
-    results = await stack.results(ids, workflow)
-    statuses = Counter(str(r["status"]) for r in results.values())
-    assert statuses == {"completed": len(ids)}, f"runs not all completed: {dict(statuses)}"
+async def check_all_completed(stack: Stack, instance: str, ids: Sequence[str]) -> dict[str, int]:
+    """Every device of the instance completed; returns the count per final status."""
+    states = await stack.device_states(instance)
+    assert sorted(states) == sorted(ids), f"{len(states)} devices in the runs, {len(ids)} started"
+    statuses = Counter(str(states[e]["status"]) for e in ids)
+    assert statuses == {"completed": len(ids)}, f"devices not all completed: {dict(statuses)}"
     return dict(statuses)
 
 

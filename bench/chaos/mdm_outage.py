@@ -13,24 +13,29 @@ from typing import Any
 from temporalio.api.enums.v1 import EventType
 
 from bench.chaos.common import answered_per_device, check_all_completed, sim_counts
-from bench.stack import DEVINFOLOG, Stack
-from protocol import routing
+from bench.stack import Stack
 
 
-async def _send_attempts(stack: Stack, eid: str) -> int:
-    """The attempt number of the send activity that finally ran (1 = no retry).
+async def _send_attempts(stack: Stack, instance: str) -> list[int]:
+    """The attempt number of each send activity that finally ran (1 = no retry), over
+    the instance's fleet runs (a fleet run sends a command to many devices at once).
 
-    0 when the history holds no started send: a run closes without waiting for a send
-    whose commands were all answered already, and a retried activity's start is only
-    recorded when it reports back.
+    A retried activity's start is only recorded when it reports back, so a send still
+    retrying when its devices' commands were already answered is not in the list.
     """
-    handle = stack.client.get_workflow_handle(routing.workflow_id(DEVINFOLOG, eid))
-    attempts = [
-        e.activity_task_started_event_attributes.attempt
-        async for e in handle.fetch_history_events()
-        if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED
-    ]
-    return attempts[0] if attempts else 0
+    attempts: list[int] = []
+    for wf in await stack.runs(instance):
+        handle = stack.client.get_workflow_handle(wf.id)
+        sends: set[int] = set()
+        async for e in handle.fetch_history_events():
+            if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
+                if "send" in e.activity_task_scheduled_event_attributes.activity_type.name:
+                    sends.add(e.event_id)
+            elif e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED:
+                started = e.activity_task_started_event_attributes
+                if started.scheduled_event_id in sends:
+                    attempts.append(started.attempt)
+    return attempts
 
 
 async def run(stack: Stack, n: int, refused_s: float, errors_s: float) -> dict[str, Any]:
@@ -43,10 +48,10 @@ async def run(stack: Stack, n: int, refused_s: float, errors_s: float) -> dict[s
     await asyncio.sleep(errors_s)
     stack.mdm_outage.failing = False
     await stack.wait_closed(instance, n, timeout=refused_s + errors_s + 180)
-    statuses = await check_all_completed(stack, ids)
+    statuses = await check_all_completed(stack, instance, ids)
     counts = sim_counts(stack)
     per_device = answered_per_device(stack, ids)
-    attempts = [a for a in [await _send_attempts(stack, e) for e in ids] if a]
+    attempts = await _send_attempts(stack, instance)
     assert counts["commands_enqueued"] == n, f"{counts['commands_enqueued']} commands for {n} runs"
     assert per_device == {1: n}, f"answers per device: {dict(per_device)}"
     assert stack.mdm_outage.refused > 0, "no enqueue was answered 500"

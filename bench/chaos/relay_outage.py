@@ -14,22 +14,20 @@ from collections import Counter
 from typing import Any
 
 from bench.chaos.common import set_offline, sim_counts, until
-from bench.stack import DEVINFOLOG, Stack
-from protocol import routing
+from bench.stack import Stack
 
 
-async def _outcome(stack: Stack, eid: str) -> str:
-    """Why the run ended as it did, from its result, its state and the logged answer."""
-    handle = stack.client.get_workflow_handle(routing.workflow_id(DEVINFOLOG, eid))
-    result = dict(await handle.result())
-    command = dict(await handle.query("state"))["steps"][0]["commands"][0]
-    if result["status"] == "completed":
-        logged = (await stack.http.get("/v1/devinfolog", params={"id": eid})).json()
-        via = "re-issued" if [e["command_uuid"] for e in logged] == command["reissued_as"] else "?"
+async def _outcome(stack: Stack, state: dict[str, Any]) -> str:
+    """Why a device's story ended as it did, from its state and the logged answer."""
+    command = state["steps"][0]["commands"][0]
+    if state["status"] == "completed":
+        logged = (await stack.http.get("/v1/devinfolog", params={"id": state["enrollment_id"]}))
+        uuids = [e["command_uuid"] for e in logged.json()]
+        via = "re-issued" if uuids == command["reissued_as"] else "?"
         return f"completed by the {via} command"
-    if result["status"] == "timed_out" and not command["reissued_as"]:
+    if state["status"] == "timed_out" and not command["reissued_as"]:
         return "timed_out before its re-issue"
-    return f"{result['status']}: {result['message']}"
+    return f"{state['status']}: {state['message']}"
 
 
 async def run(
@@ -55,7 +53,9 @@ async def run(
     await stack.start_api()
     await stack.wait_closed(group_r, recover, timeout=long_timeout + 30)
     await stack.wait_closed(group_e, expire, timeout=long_timeout + 30)
-    outcomes = Counter([await _outcome(stack, e) for e in ids])
+    states = {**await stack.device_states(group_r), **await stack.device_states(group_e)}
+    assert sorted(states) == sorted(ids), f"{len(states)} devices in the runs, {n} started"
+    outcomes = Counter([await _outcome(stack, states[e]) for e in ids])
     expected = {
         "completed by the re-issued command": recover,
         "timed_out before its re-issue": expire,

@@ -66,7 +66,7 @@ async def run(stack: Stack, n: int, down_s: float, rotate: int = 0) -> dict[str,
     if macs:  # escrow each Mac's key first, so it can be rotated
         enabling = await start(stack, FVENABLE, macs, FAST_POLL)
         await stack.wait_closed(enabling, len(macs), timeout=300)
-        await check_all_completed(stack, macs, FVENABLE)
+        await check_all_completed(stack, enabling, macs)
     ids = await stack.enroll(n)
     base = stack.fleet.stats["commands_enqueued"]
     set_offline(stack, ids + macs, True)
@@ -92,10 +92,10 @@ async def run(stack: Stack, n: int, down_s: float, rotate: int = 0) -> dict[str,
     await asyncio.sleep(down_s)
     await stack.restart_temporal()
     await stack.wait_closed(instance, n, timeout=300)
-    statuses = await check_all_completed(stack, ids, INVENTORY)
+    statuses = await check_all_completed(stack, instance, ids)
     if rotating is not None:
         await stack.wait_closed(rotating, len(macs), timeout=300)
-        await check_all_completed(stack, macs, FVROTATE)
+        await check_all_completed(stack, rotating, macs)
     mismatched = [m for m in macs if await escrowed_key(stack, m) != stack.fleet.recovery_key(m)]
     assert not mismatched, f"escrow does not hold the key {len(mismatched)} Mac(s) use"
     counts = sim_counts(stack)

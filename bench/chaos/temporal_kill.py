@@ -63,7 +63,9 @@ async def run(stack: Stack, n: int, down_s: float) -> dict[str, Any]:
     set_offline(stack, ids, False)
     await stack.wait_closed(instance1, len(first), timeout=300)
     await stack.wait_closed(instance2, len(second), timeout=300)
-    statuses = await check_all_completed(stack, ids)
+    statuses = dict(await check_all_completed(stack, instance1, first))
+    for status, count in (await check_all_completed(stack, instance2, second)).items():
+        statuses[status] = statuses.get(status, 0) + count
     counts = sim_counts(stack)
     per_device = answered_per_device(stack, ids)
     assert counts["commands_enqueued"] == n, f"{counts['commands_enqueued']} commands for {n} runs"

@@ -1,7 +1,9 @@
 """Scenario 1: ``kill -9`` the worker mid-run, start a new one.
 
-Devices stay offline until the kill, so every run is mid-step (commands queued or being
-queued) when the worker dies. Afterwards every run must complete and each device must
+Devices stay offline until the kill, so every device is mid-step (commands queued or
+being queued) when the worker dies; a fleet run queues a command for its whole chunk in
+one multi-ID enqueue, so the kill usually finds them all queued, and the devices answer
+while no worker runs. Afterwards every run must complete and each device must
 have received its one command exactly once: the retried enqueue activity finds the
 CommandUUID already queued (the simulator refuses duplicates, as NanoMDM does).
 """
@@ -33,7 +35,7 @@ async def run(stack: Stack, n: int) -> dict[str, Any]:
     set_offline(stack, ids, False)  # devices answer while no worker runs
     await stack.start_worker()
     await stack.wait_closed(instance, n, timeout=300)
-    statuses = await check_all_completed(stack, ids)
+    statuses = await check_all_completed(stack, instance, ids)
     counts = sim_counts(stack)
     per_device = answered_per_device(stack, ids)
     assert counts["commands_enqueued"] == n, f"{counts['commands_enqueued']} commands for {n} runs"
