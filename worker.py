@@ -6,6 +6,7 @@ any host, against the same Temporal namespace and task queue.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -23,10 +24,10 @@ from activities.mdm_server import MdmServerClient, make_client
 from activities.profiles import ProfileActivities
 from activities.starting import StartActivities
 from escrow.sealing import load_master_key
-from mdmflow import config, eventloop
+from mdmflow import config, eventloop, metrics
 from mdmflow.logs import configure_logging
 from mdmflow.search_setup import startup_problem
-from mdmflow.temporal_client import connect, sdk_runtime, tls_config
+from mdmflow.temporal_client import connect, tls_config
 from starter.deps import Services
 from store.db import open_engine
 from workflows.catalog import ALL_WORKFLOWS
@@ -84,19 +85,25 @@ def metrics_runtime(address: str | None) -> Runtime | None:
     Metrics are worth a warning, not a worker: a second worker on the same host (same
     default port) still runs.
     """
-    if address is None:
-        return sdk_runtime()
+    return metrics.sdk_metrics_runtime(address, "MDMFLOW_WORKER_METRICS", log)
+
+
+async def serve_own_metrics(sdk_address: str | None) -> asyncio.Server | None:
+    """mdmflow's worker figures (sends, enqueue failures) one port above the SDK's.
+
+    The SDK's endpoint serves only what its core records, so ours has its own; a taken
+    port costs these figures, not the worker.
+    """
+    if sdk_address is None:
+        return None
     try:
-        runtime = sdk_runtime(address)
-    except ValueError as exc:
-        log.warning(
-            "SDK metrics not served (MDMFLOW_WORKER_METRICS=%s: %s); running without them",
-            address,
-            exc,
-        )
-        return sdk_runtime()
-    log.info("SDK metrics at http://%s/metrics", address)
-    return runtime
+        address = metrics.next_port(sdk_address)
+        server = await metrics.serve(address)
+    except (OSError, ValueError) as exc:
+        log.warning("mdmflow worker metrics not served (next to %s): %s", sdk_address, exc)
+        return None
+    log.info("mdmflow worker metrics at http://%s/metrics", address)
+    return server
 
 
 async def run_worker() -> None:
@@ -130,6 +137,7 @@ async def run_worker() -> None:
         addresses=services.register.mdm_address,
     )
     worker = build_worker(services, mdm)
+    own_metrics = await serve_own_metrics(settings.worker_metrics)
     log.info(
         "worker on %s/%s task queue %s, MDM server %s (%s)",
         settings.temporal_address,
@@ -141,6 +149,8 @@ async def run_worker() -> None:
     try:
         await worker.run()
     finally:
+        if own_metrics is not None:
+            own_metrics.close()
         await mdm.aclose()
         await engine.dispose()
 

@@ -18,8 +18,12 @@ class HoldActivities:
 
     @activity.defn(name="holds.release")
     async def release(self, inp: ReleaseHolds) -> int:
-        """Release the run's holds; repeatable, so a retried attempt is harmless."""
-        released = await self._holds.release(inp.workflow_id, inp.enrollment_ids)
+        """Release the run's holds (recording how those devices ended, when given);
+        repeatable, so a retried attempt is harmless."""
+        if inp.outcomes:
+            released = await self._holds.finish(inp.workflow_id, inp.outcomes)
+        else:
+            released = await self._holds.release(inp.workflow_id, inp.enrollment_ids)
         log.info(
             "holds of %r released: %d%s",
             inp.workflow_id,

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
+import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 from temporalio import activity
@@ -39,6 +41,7 @@ from activities.models import (
     SendStepInput,
     SendStepResult,
 )
+from mdmflow import metrics
 
 log = logging.getLogger("mdmflow.activities")
 
@@ -51,6 +54,80 @@ HEARTBEAT_EVERY = 2.0
 FLEET_DEVICE_CONCURRENCY = 16
 # Distinct push errors a fleet send's summary quotes; the rest are counted.
 PUSH_ERRORS_QUOTED = 3
+
+
+# The worker's send figures (served beside the SDK's, see worker.py).
+SEND_ACTIVITIES = ("send_step", "send_fleet")
+FAILURE_KINDS = ("unreachable", "refused", "unknown_enrollment", "uncertain")
+SEND_SECONDS = metrics.histogram(
+    "send_seconds",
+    "Seconds a send attempt (mdm.send_step / mdm.send_fleet) took, by activity.",
+    "activity",
+    SEND_ACTIVITIES,
+)
+ENQUEUE_FAILURES = metrics.labelled_counter(
+    "enqueue_failures_total",
+    "Send attempts that failed, and devices a send attempt returned with a problem, by kind.",
+    "kind",
+    FAILURE_KINDS,
+)
+R = TypeVar("R", SendStepResult, FleetSendResult)
+
+
+def _failure_kind(exc: BaseException) -> str | None:
+    """What an MDM failure was, from the error or the one it was raised from."""
+    cause = exc.__cause__ if isinstance(exc, ApplicationError) else exc
+    if isinstance(cause, UncertainMdmError):
+        return "uncertain"
+    if isinstance(cause, TransientMdmError):
+        return "unreachable"
+    if isinstance(cause, PermanentMdmError):
+        text = str(cause)
+        unknown = ("does not know", "not enrolled", "unknown enrollment")
+        return "unknown_enrollment" if any(u in text for u in unknown) else "refused"
+    return None  # not the MDM server's doing (a command that cannot be built, a fill)
+
+
+def _count_problems(result: SendStepResult | FleetSendResult) -> None:
+    if isinstance(result, SendStepResult):
+        if result.unsent:
+            ENQUEUE_FAILURES.inc("unreachable")
+        if result.uncertain:
+            ENQUEUE_FAILURES.inc("uncertain")
+        return
+    for problem in result.problems.values():
+        if problem.failed:
+            ENQUEUE_FAILURES.inc("unknown_enrollment")
+        elif problem.unsent:
+            ENQUEUE_FAILURES.inc("unreachable")
+        elif problem.uncertain:
+            ENQUEUE_FAILURES.inc("uncertain")
+
+
+def _observed(
+    name: str,
+) -> Callable[[Callable[[Any, Any], Awaitable[R]]], Callable[[Any, Any], Awaitable[R]]]:
+    """Time a send attempt and count its failures, without touching its logic."""
+
+    def wrap(fn: Callable[[Any, Any], Awaitable[R]]) -> Callable[[Any, Any], Awaitable[R]]:
+        @functools.wraps(fn)
+        async def observed(self: Any, inp: Any) -> R:
+            started = time.monotonic()
+            try:
+                result = await fn(self, inp)
+            except Exception as exc:
+                kind = _failure_kind(exc)
+                if kind is not None:
+                    ENQUEUE_FAILURES.inc(kind)
+                raise
+            finally:
+                SEND_SECONDS.observe(time.monotonic() - started, name)
+            _count_problems(result)
+            return result
+
+        return observed
+
+    return wrap
 
 
 class MdmActivities:
@@ -75,6 +152,7 @@ class MdmActivities:
             ) from exc
 
     @activity.defn(name="mdm.send_step")
+    @_observed("send_step")
     async def send_step(self, inp: SendStepInput) -> SendStepResult:
         """Enqueue every command, pushing once for the whole step; never post a UUID twice.
 
@@ -160,6 +238,7 @@ class MdmActivities:
         return result
 
     @activity.defn(name="mdm.send_fleet")
+    @_observed("send_fleet")
     async def send_fleet(self, inp: FleetSendInput) -> FleetSendResult:
         """Enqueue every command for every listed enrollment under one CommandUUID each.
 

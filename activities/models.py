@@ -176,8 +176,21 @@ class CertDecision(BaseModel):
     reason: str
 
 
+class DeviceOutcome(BaseModel):
+    """How one device of a fleet run ended (kept in the store when its hold goes back)."""
+
+    enrollment_id: str
+    workflow_name: str
+    instance_id: str
+    status: str
+    message: str = ""
+    failure_type: str | None = None
+
+
 class ReleaseHolds(BaseModel):
     """Drop a run's holds on these enrollments (``None``: all of the run's)."""
 
     workflow_id: str
     enrollment_ids: list[str] | None = None
+    # How those devices ended: recorded in the same transaction as the release.
+    outcomes: list[DeviceOutcome] = Field(default_factory=list)

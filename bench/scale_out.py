@@ -315,10 +315,9 @@ async def steady(so: ScaleOut, n: int) -> dict[str, Any]:
     }
 
 
-async def _commands(stack: Stack, instance: str) -> dict[str, list[tuple[str, list[str]]]]:
+def _commands(states: dict[str, dict[str, Any]]) -> dict[str, list[tuple[str, list[str]]]]:
     """Per device, its commands: (original CommandUUID, re-issued UUIDs). Devices of a
     fleet run share a CommandUUID when they were sent the same command together."""
-    states = await stack.device_states(instance)
     return {
         eid: [(c["command_uuid"], list(c["reissued_as"])) for c in state["steps"][0]["commands"]]
         for eid, state in states.items()
@@ -337,7 +336,9 @@ async def kill_mid_run(
     stack, fleet = so.stack, so.stack.fleet
     assert stack.worker_proc is not None and stack.worker_replicas, "needs two workers"
     assert stack.api_proc is not None and stack.api_replicas, "needs two API processes"
+    t_enroll = time.monotonic()
     ids = await stack.enroll(n)
+    enroll_seconds = time.monotonic() - t_enroll
     base = fleet.stats
     forwarded_before, failed_before = list(so.front.forwarded), list(so.front.failed)
     reports_before = len(so.front.failed_reports)
@@ -368,10 +369,19 @@ async def kill_mid_run(
     instance = await starting
     await stack.wait_closed(instance, n, timeout=max(600, n))
     seconds = time.monotonic() - t0
+    t_checks = time.monotonic()
     await fleet.wait_idle(timeout=60)  # re-issued commands still queued get answered
-    statuses = await check_all_completed(stack, instance, ids)
+    idle_seconds = time.monotonic() - t_checks
+    # one read of the device states serves every check: a query to a closed fleet run
+    # replays its whole history, which for 1,000 devices takes seconds
+    t_states = time.monotonic()
+    states = await stack.device_states(instance)
+    states_seconds = time.monotonic() - t_states
+    assert sorted(states) == sorted(ids), f"{len(states)} devices in the runs, {n} started"
+    statuses = dict(Counter(str(states[e]["status"]) for e in ids))
+    assert statuses == {"completed": n}, f"devices not all completed: {statuses}"
 
-    commands = await _commands(stack, instance)
+    commands = _commands(states)
     # per CommandUUID, the devices it was sent to: as original, as a re-issue
     sent_to: Counter[str] = Counter()
     original_to: Counter[str] = Counter()
@@ -404,9 +414,15 @@ async def kill_mid_run(
     failed = set(so.front.failed_reports[reports_before:])
     reissued_for = {u for cmds in commands.values() for u, again in cmds if again}
     failed_originals = failed & set(originals)
+    inventories = await check_inventory(so, ids)
     return {
         "devices": n,
         "repush_after_seconds": repush_s,
+        # around the run: enrolling its devices, then waiting out late answers and checking
+        "enroll_seconds": round(enroll_seconds, 1),
+        "check_seconds": round(time.monotonic() - t_checks, 1),
+        "idle_wait_seconds": round(idle_seconds, 1),
+        "states_read_seconds": round(states_seconds, 1),
         "killed_worker": f"pid {worker_pid} (SIGKILL) with {queued_at_kill}/{2 * n} queued",
         "killed_relay": (
             f"pid {relay_pid} (SIGSTOP, {hang_s}s later SIGKILL) "
@@ -428,7 +444,7 @@ async def kill_mid_run(
         "commands_reissued": sum(sent_to[u] for u in reissued),
         "reissued_answered": sum(fleet.command_answers(u) for u in reissued),
         "answers_per_device": dict(sorted(answered_per_device(stack, ids).items())),
-        "inventories_in_postgresql": await check_inventory(so, ids),
+        "inventories_in_postgresql": inventories,
     }
 
 

@@ -37,6 +37,7 @@ from temporalio.client import (
     WorkflowFailureError,
     WorkflowQueryFailedError,
 )
+from temporalio.exceptions import ApplicationError
 from temporalio.worker import Worker
 
 import worker as worker_module
@@ -435,6 +436,9 @@ class Stack:
         try:
             return dict(await handle.result(follow_runs=False))
         except WorkflowFailureError as exc:
+            cause = exc.cause
+            if isinstance(cause, ApplicationError) and cause.details:
+                return dict(cause.details[0])  # a device failed: the result is attached
             eid = wf.typed_search_attributes.get(sa.ENROLLMENT_ID)
             if eid is None:
                 raise
@@ -492,8 +496,7 @@ class Stack:
             while True:
                 found = [wf async for wf in self.client.list_workflows(query)]
                 if found:
-                    handle = self.client.get_workflow_handle(found[0].id)
-                    return dict(await handle.result())
+                    return await self.fleet_result(found[0])
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"no {workflow} run for {eid} after {timeout}s")
                 await asyncio.sleep(0.2)

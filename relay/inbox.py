@@ -25,7 +25,7 @@ from temporalio.service import RPCError
 
 from mdmflow import metrics
 from protocol.webhooks import WebhookEvent
-from relay.routing import Delivery, Router
+from relay.routing import WEBHOOK_SECONDS, WEBHOOKS, Delivery, Router
 from store.inbox import InboxEntry, WebhookInbox
 
 log = logging.getLogger("mdmflow.inbox")
@@ -66,6 +66,13 @@ class DurableRouter:
         self._nonempty_until = time.monotonic() + RECENT_SECONDS
 
     async def deliver(self, event: WebhookEvent) -> Delivery:
+        started = time.monotonic()
+        delivery = await self._held_or_delivered(event)
+        WEBHOOKS.inc(delivery.outcome)
+        WEBHOOK_SECONDS.observe(time.monotonic() - started, delivery.outcome)
+        return delivery
+
+    async def _held_or_delivered(self, event: WebhookEvent) -> Delivery:
         eid = event.enrollment.id
         if time.monotonic() < self._temporal_down_until:
             return await self._queue(event, "Temporal was unreachable moments ago")

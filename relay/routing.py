@@ -14,7 +14,7 @@ import asyncio
 import logging
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Literal
+from typing import Literal, get_args
 
 from temporalio.client import Client
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
@@ -60,6 +60,25 @@ BATCH_BYTES = 1 << 20
 Outcome = Literal[
     "signalled", "not_ours", "no_run", "idle", "checkin", "unknown_workflow", "queued"
 ]
+
+
+# The relay's figures by outcome: a fixed label set, whatever a webhook carries.
+OUTCOMES: tuple[str, ...] = get_args(Outcome)
+WEBHOOKS = metrics.labelled_counter(
+    "webhooks_total", "Webhooks delivered or deliberately dropped, by outcome.", "outcome", OUTCOMES
+)
+WEBHOOK_SECONDS = metrics.histogram(
+    "webhook_seconds",
+    "Seconds from the relay handing over a verified webhook to its answer, by outcome.",
+    "outcome",
+    OUTCOMES,
+)
+CHECKINS = metrics.labelled_counter(
+    "webhook_checkins_total",
+    "Check-in webhooks by MessageType.",
+    "message_type",
+    sorted(CHECKIN_TYPES),
+)
 
 
 @dataclass
@@ -186,6 +205,7 @@ class Router:
             # metric names come from a fixed list: a forged MessageType adds no new series
             kind = event.message_type if event.message_type in CHECKIN_TYPES else "other"
             metrics.inc(f"webhook_checkin_{kind}")
+            CHECKINS.inc(kind)
             log.info("check-in %r from %r", event.message_type, event.enrollment.id)
             if self._events is not None:
                 await self._events.dispatch(event)

@@ -36,18 +36,59 @@ def cmd_start(args: argparse.Namespace) -> int:
     params: list[tuple[str, str | int | float | bool | None]] = [("id", i) for i in args.ids]
     if args.context is not None:
         params.append(("context", args.context))
+    if args.on_failure:
+        params.append(("on_failure", args.on_failure))
+    if args.rollback:
+        params.append(("rollback", "true"))
     with api_client(args) as c:
-        return print_response(c.post(f"/v1/workflow/{args.workflow}/start", params=params))
+        resp = c.post(f"/v1/workflow/{args.workflow}/start", params=params)
+        code = print_response(resp)
+        if code == 0 and not resp.json().get("started"):
+            print("error: every ID was refused (see refused)", file=sys.stderr)
+            return 1
+        return code
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
+    """List runs, or apply a control (cancel, pause, ...) to the runs chosen."""
+    if args.action:
+        return _control(args)
+    if args.workflow_id or (args.id and len(args.id) > 1):
+        print("error: list runs by --instance, --workflow or one --id", file=sys.stderr)
+        return 2
     params = {
         k: v
-        for k, v in {"instance_id": args.instance, "id": args.id, "workflow": args.workflow}.items()
+        for k, v in {
+            "instance_id": args.instance,
+            "id": args.id[0] if args.id else None,
+            "workflow": args.workflow,
+        }.items()
         if v
     }
     with api_client(args) as c:
         return print_response(c.get("/v1/runs", params=params))
+
+
+def _control(args: argparse.Namespace) -> int:
+    params: list[tuple[str, str | int | float | bool | None]] = [
+        ("id", i) for i in args.id or []
+    ]
+    for key, value in (
+        ("workflow_id", args.workflow_id),
+        ("instance_id", args.instance),
+        ("workflow", args.workflow),
+    ):
+        if value:
+            params.append((key, value))
+    headers = {"X-Mdmflow-Actor": args.actor} if args.actor else {}
+    with api_client(args) as c:
+        resp = c.post(
+            f"/v1/runs/{args.action}",
+            params=params,
+            json={"reason": args.reason or ""},
+            headers=headers,
+        )
+        return print_response(resp)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -87,17 +128,38 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("workflow", help="e.g. io.micromdm.wf.inventory.v1")
     p.add_argument("ids", nargs="+", help="enrollment IDs")
     p.add_argument("--context", help="workflow-dependent context")
+    p.add_argument(
+        "--on-failure",
+        choices=("fail", "suspend"),
+        help="suspend: a failed step waits for retry, skip or abort (default: fail)",
+    )
+    p.add_argument(
+        "--rollback", action="store_true", help="undo what the run did if it fails or is cancelled"
+    )
     add_api_options(p)
     p.set_defaults(func=cmd_start)
 
     p = sub.add_parser(
         "runs",
-        help="list runs of an instance or enrollment",
-        description="List runs with their status and current step.",
+        help="list runs, or cancel, pause, resume, retry, skip or abort them",
+        description="Without an action: list runs with their status and current step. "
+        "With one: apply it to the runs chosen by --workflow-id, --instance, --workflow "
+        "and/or --id (repeatable; only those devices), e.g. "
+        "`mdmflow runs pause --instance I --reason maintenance`. Exits 1 when the action "
+        "applied to no device.",
     )
+    p.add_argument(
+        "action",
+        nargs="?",
+        choices=("cancel", "pause", "resume", "retry", "skip", "abort"),
+        help="the control to apply (none: list)",
+    )
+    p.add_argument("--workflow-id", help="one run (as listed)")
     p.add_argument("--instance", help="instance ID returned by start")
-    p.add_argument("--id", help="enrollment ID")
+    p.add_argument("--id", action="append", help="enrollment ID (repeatable for controls)")
     p.add_argument("--workflow", help="workflow name")
+    p.add_argument("--reason", help="why (recorded in the run)")
+    p.add_argument("--actor", help="who (default: the API user)")
     add_api_options(p)
     p.set_defaults(func=cmd_runs)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import uvicorn
 
 from escrow.sealing import load_master_key
-from mdmflow import config
+from mdmflow import config, metrics
 from mdmflow.search_setup import startup_problem
 from mdmflow.temporal_client import connect, tls_config
 from relay.webhook_auth import WebhookAuth
@@ -48,12 +48,22 @@ def ssl_options(cert: Path | None, key: Path | None) -> dict[str, str]:
     return {"ssl_certfile": str(cert), "ssl_keyfile": str(key)}
 
 
+def api_sdk_metrics() -> str | None:
+    """``MDMFLOW_API_SDK_METRICS``: where the API/relay process serves the Temporal SDK's
+    metrics of its client (signal and start latencies, failures); off by default."""
+    return metrics.address_setting("MDMFLOW_API_SDK_METRICS", None)
+
+
 def serve() -> None:
     settings = config.load()
+    sdk_metrics = api_sdk_metrics()
 
     async def services() -> Services:
         client = await connect(
-            settings.temporal_address, settings.temporal_namespace, security=security
+            settings.temporal_address,
+            settings.temporal_namespace,
+            security=security,
+            runtime=metrics.sdk_metrics_runtime(sdk_metrics, "MDMFLOW_API_SDK_METRICS", log),
         )
         problem = await startup_problem(client)
         if problem:

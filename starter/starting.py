@@ -36,7 +36,7 @@ from starter.runs import quote
 from store.holds import Hold, HoldStore
 from workflows import search_attributes as sa
 from workflows.fleet import FleetRunWorkflow
-from workflows.models import ENGINE_REVISION, FleetInput
+from workflows.models import ENGINE_REVISION, FleetInput, OnFailure
 from workflows.registry import BY_NAME
 
 log = logging.getLogger("mdmflow.starter")
@@ -98,6 +98,8 @@ async def start_workflow(
     holds: HoldStore,
     chunk_size: int | None = None,
     repush_after: list[float] | None = None,
+    on_failure: OnFailure = "fail",
+    rollback: bool = False,
 ) -> StartResult:
     """Start ``name`` for each ID; ``step_timeout`` (seconds) overrides the engine's 72 h."""
     wf = BY_NAME.get(name)
@@ -128,6 +130,8 @@ async def start_workflow(
             step_timeout_seconds=step_timeout,
             repush_after_seconds=repush_after,
             revision=ENGINE_REVISION,
+            on_failure=on_failure,
+            rollback=rollback,
         )
         pairs = [
             SearchAttributePair(sa.WORKFLOW_NAME, name),
@@ -145,6 +149,8 @@ async def start_workflow(
                 id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
                 id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
                 search_attributes=TypedSearchAttributes(pairs),
+                static_summary=_summary(name, claimed),
+                static_details=_details(inp),
             )
         except BaseException:
             await holds.release(workflow_id)  # nothing runs for them: give them back
@@ -188,6 +194,24 @@ async def _claim(
     if refused:
         log.info("not started %s for %d enrollment(s): already running", name, len(refused))
     return [i for i in ids if i not in refused]
+
+
+def _summary(name: str, ids: list[str]) -> str:
+    """The Web UI's one-line summary of a fleet run (no context: it may hold secrets)."""
+    who = ids[0] if len(ids) == 1 else f"{len(ids)} devices"
+    return f"{name.removeprefix('io.micromdm.wf.')} for {who}"
+
+
+def _details(inp: FleetInput) -> str:
+    """The Web UI's static details: what was started, with which options."""
+    lines = [
+        f"**{inp.workflow_name}**, instance `{inp.instance_id}`, chunk {inp.chunk}",
+        f"- devices: {len(inp.enrollment_ids)}",
+        f"- on failure: {inp.on_failure}; rollback: {'yes' if inp.rollback else 'no'}",
+    ]
+    if inp.step_timeout_seconds:
+        lines.append(f"- step timeout: {inp.step_timeout_seconds:g} s")
+    return "\n".join(lines)
 
 
 def _refusal(name: str, hold: Hold) -> str:

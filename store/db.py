@@ -190,6 +190,30 @@ class RunHoldRow(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
+class DeviceOutcomeRow(Base):
+    """How a device's story in a fleet run ended, written when its hold goes back.
+
+    Closed fleet runs answer "how did each device end" from here, without Temporal
+    replaying a thousand-device history for a query, and a device's closed runs are found
+    by its enrollment ID.
+    """
+
+    __tablename__ = "device_outcomes"
+    __table_args__ = (
+        Index("ux_device_outcomes_run", "workflow_id", "enrollment_id", unique=True),
+        Index("ix_device_outcomes_enrollment", "enrollment_id", "finished_at"),
+    )
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    workflow_id: Mapped[str] = mapped_column(String(512))
+    enrollment_id: Mapped[str] = mapped_column(String(255))
+    workflow_name: Mapped[str] = mapped_column(String(255))
+    instance_id: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16))
+    message: Mapped[str] = mapped_column(String(2000), default="")
+    failure_type: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    finished_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
 class ProfileRow(Base):
     """A stored configuration profile (NanoCMD's profile store), raw as uploaded."""
 

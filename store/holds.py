@@ -18,7 +18,8 @@ from sqlalchemy import ColumnElement, Row, and_, delete, func, or_, select, upda
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
-from store.db import RunHoldRow
+from activities.models import DeviceOutcome
+from store.db import DeviceOutcomeRow, RunHoldRow
 
 # IDs per statement: well inside SQLite's and asyncpg's bound-parameter limits, so a
 # chunk of 1,000 enrollments costs a couple of statements.
@@ -78,6 +79,17 @@ def _check(**values: str) -> None:
     for name, value in values.items():
         if len(value) > _LIMITS[name]:
             raise ValueError(f"{name} longer than {_LIMITS[name]} characters: {value[:80]!r}...")
+
+
+def _outcome(row: DeviceOutcomeRow) -> DeviceOutcome:
+    return DeviceOutcome(
+        enrollment_id=row.enrollment_id,
+        workflow_name=row.workflow_name,
+        instance_id=row.instance_id,
+        status=row.status,
+        message=row.message,
+        failure_type=row.failure_type,
+    )
 
 
 class HoldStore:
@@ -215,6 +227,75 @@ class HoldStore:
                 )
                 deleted += int(result.rowcount)  # type: ignore[attr-defined]
             return deleted
+
+    async def finish(self, workflow_id: str, outcomes: Sequence[DeviceOutcome]) -> int:
+        """Record how these devices ended and drop their holds, in one transaction.
+
+        Repeatable (a retried activity): an outcome already recorded is overwritten with
+        the same values. Returns the holds dropped.
+        """
+        now = datetime.now(UTC)
+        rows = [
+            {
+                "workflow_id": workflow_id,
+                "enrollment_id": o.enrollment_id,
+                "workflow_name": o.workflow_name,
+                "instance_id": o.instance_id,
+                "status": o.status,
+                "message": o.message[:2000],
+                "failure_type": o.failure_type,
+                "finished_at": now,
+            }
+            for o in outcomes
+        ]
+        dialect = postgresql if self._dialect == "postgresql" else sqlite
+        deleted = 0
+        async with self._sessions() as session, session.begin():
+            for start in range(0, len(rows), BATCH):
+                part = rows[start : start + BATCH]
+                insert = dialect.insert(DeviceOutcomeRow).values(part)
+                await session.execute(
+                    insert.on_conflict_do_update(
+                        index_elements=["workflow_id", "enrollment_id"],
+                        set_={
+                            "status": insert.excluded.status,
+                            "message": insert.excluded.message,
+                            "failure_type": insert.excluded.failure_type,
+                        },
+                    )
+                )
+                result = await session.execute(
+                    delete(RunHoldRow).where(
+                        RunHoldRow.workflow_id == workflow_id,
+                        RunHoldRow.enrollment_id.in_([r["enrollment_id"] for r in part]),
+                    )
+                )
+                deleted += int(result.rowcount)  # type: ignore[attr-defined]
+        return deleted
+
+    async def outcomes_of_run(
+        self, workflow_id: str, *, after: str | None = None, limit: int = 500
+    ) -> list[DeviceOutcome]:
+        """A closed run's device outcomes, in enrollment order after ``after``."""
+        query = select(DeviceOutcomeRow).where(DeviceOutcomeRow.workflow_id == workflow_id)
+        if after is not None:
+            query = query.where(DeviceOutcomeRow.enrollment_id > after)
+        query = query.order_by(DeviceOutcomeRow.enrollment_id).limit(limit)
+        async with self._sessions() as session:
+            return [_outcome(r) for r in await session.scalars(query)]
+
+    async def outcomes_of_device(
+        self, enrollment_id: str, *, limit: int = 100
+    ) -> list[tuple[str, DeviceOutcome]]:
+        """(workflow ID, outcome) of a device's ended fleet runs, newest first."""
+        query = (
+            select(DeviceOutcomeRow)
+            .where(DeviceOutcomeRow.enrollment_id == enrollment_id)
+            .order_by(DeviceOutcomeRow.finished_at.desc())
+            .limit(limit)
+        )
+        async with self._sessions() as session:
+            return [(r.workflow_id, _outcome(r)) for r in await session.scalars(query)]
 
     async def for_enrollment(self, device_id: str, *, user_channels: bool = True) -> list[Hold]:
         """Holds of this enrollment and, with ``user_channels``, of its ``device_id:...``."""

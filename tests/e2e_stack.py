@@ -16,7 +16,8 @@ from typing import Any
 
 import httpx
 import pytest
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
+from temporalio.exceptions import ApplicationError
 
 from activities.mdm_server import make_client
 from bench.servers import RestartableServer
@@ -103,7 +104,7 @@ class E2E:
     async def result(self, workflow: str, eid: str, timeout: float = 60) -> dict[str, Any]:
         """The device's outcome: its own result in a one-device run, its state in a chunk."""
         handle = self.client.get_workflow_handle(await self.run_of(workflow, eid))
-        result = dict(await asyncio.wait_for(handle.result(), timeout))
+        result = await ended(handle, timeout)
         if result.get("devices", 1) == 1:
             return result
         state = await handle.query("state", eid)
@@ -115,6 +116,18 @@ class E2E:
             params={"workflow_id": await self.run_of(workflow, eid), "id": eid},
         )
         return dict(resp.json())
+
+
+async def ended(handle: WorkflowHandle[Any, Any], timeout: float = 60) -> dict[str, Any]:
+    """A fleet run's result however it ended: a run that failed in Temporal (a device
+    failed) carries it in the failure's details. Other failures raise."""
+    try:
+        return dict(await asyncio.wait_for(handle.result(), timeout))
+    except WorkflowFailureError as exc:
+        cause = exc.cause
+        if isinstance(cause, ApplicationError) and cause.details:
+            return dict(cause.details[0])
+        raise
 
 
 WEBHOOK_USER, WEBHOOK_SECRET = "micromdm", "e2e-webhook-secret"

@@ -12,7 +12,7 @@ from protocol.commands import security_info
 from relay.events import EventDispatcher
 from simulator.fleet import DeviceBehaviour
 from store.events import Subscription
-from tests.e2e_stack import E2E, INVENTORY
+from tests.e2e_stack import E2E, INVENTORY, ended
 
 DEVINFOLOG = "io.micromdm.wf.devinfolog.v1"
 
@@ -32,7 +32,7 @@ async def runs_of(
 
 async def wait_closed(e2e: E2E, runs: list[dict[str, Any]]) -> None:
     for run in runs:
-        await asyncio.wait_for(e2e.client.get_workflow_handle(run["workflow_id"]).result(), 60)
+        await ended(e2e.client.get_workflow_handle(run["workflow_id"]), 60)
 
 
 async def put_event(e2e: E2E, name: str, **body: str) -> None:

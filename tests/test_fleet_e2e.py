@@ -11,13 +11,16 @@ from tests.e2e_stack import E2E, INVENTORY
 
 
 async def wait_ended(e2e: E2E, instance: str, chunks: int, timeout: float = 90) -> list[dict]:  # type: ignore[type-arg]
-    """The instance's fleet runs once every one of them has closed."""
+    """One item per device of the instance once every device of its runs has ended."""
     deadline = asyncio.get_running_loop().time() + timeout
+    ended = {"completed", "failed", "cancelled", "timed_out"}
     while True:
-        runs = (await e2e.api.get("/v1/runs", params={"instance_id": instance})).json()
-        if len(runs) == chunks and all(r["status"] != "running" for r in runs):
-            return list(runs)
-        assert asyncio.get_running_loop().time() < deadline, runs
+        params = {"instance_id": instance, "limit": "1000"}
+        items = (await e2e.api.get("/v1/runs", params=params)).json()
+        runs = {i["workflow_id"] for i in items}
+        if len(runs) == chunks and all(i["status"] in ended for i in items):
+            return list(items)
+        assert asyncio.get_running_loop().time() < deadline, items
         await asyncio.sleep(0.2)
 
 
@@ -35,7 +38,7 @@ async def test_a_start_runs_in_chunks_and_every_device_gets_each_command_once(
     started = await e2e.start(INVENTORY, *ids)
     assert sorted(started["started"]) == sorted(ids)
     runs = await wait_ended(e2e, started["instance_id"], 3)
-    assert sorted(r["workflow_id"].rsplit("/", 1)[1] for r in runs) == ["0", "1", "2"]
+    assert sorted({r["workflow_id"].rsplit("/", 1)[1] for r in runs}) == ["0", "1", "2"]
     assert {r["workflow"] for r in runs} == {INVENTORY} and all(r["fleet"] for r in runs)
 
     results = {eid: await e2e.result(INVENTORY, eid) for eid in ids}
@@ -51,6 +54,35 @@ async def test_a_start_runs_in_chunks_and_every_device_gets_each_command_once(
     inventory = (await e2e.api.get("/v1/inventory", params=[("id", i) for i in ids])).json()
     assert set(inventory) == set(ids)
     assert all(inventory[i]["serial_number"] for i in ids)
+    # /v1/runs lists one item per device, a page at a time, with each device's status
+    listed: list[dict] = []  # type: ignore[type-arg]
+    token: str | None = None
+    while True:
+        params = {"instance_id": started["instance_id"], "limit": "5"}
+        if token:
+            params["page_token"] = token
+        resp = await e2e.api.get("/v1/runs", params=params)
+        assert resp.status_code == 200, resp.text
+        assert len(resp.json()) <= 5
+        listed += resp.json()
+        token = resp.headers.get("X-Next-Page-Token")
+        if not token:
+            break
+    assert sorted(r["enrollment_id"] for r in listed) == sorted(ids)
+    by_device = {r["enrollment_id"]: r for r in listed}
+    assert by_device[erring]["status"] == "failed"
+    assert by_device[erring]["failure_type"] == "DeviceError"
+    assert all(by_device[i]["status"] == "completed" for i in ids if i != erring)
+    bad = await e2e.api.get("/v1/runs", params={"instance_id": "x", "page_token": "nonsense"})
+    assert bad.status_code == 400 and "page_token" in bad.json()["error"]
+
+    # an ended run of many devices is found by a device's enrollment (from the outcome
+    # its device left in the store), with that device's status
+    mine = (await e2e.api.get("/v1/runs", params={"id": erring})).json()
+    (item,) = [r for r in mine if r["instance_id"] == started["instance_id"]]
+    assert item["status"] == "failed" and "MCMDMErrorDomain 12021" in item["message"]
+    assert item["workflow_id"] == e2e.started[(INVENTORY, erring)]
+
     # a device's own record in its fleet run
     state = await e2e.state(INVENTORY, slow)
     assert state["status"] == "completed"
@@ -63,10 +95,7 @@ async def test_concurrent_overlapping_starts_never_run_a_device_twice(e2e: E2E) 
         e2e.fleet.set_behaviour(eid, DeviceBehaviour(offline=True))
     halves = [ids[:20], ids[10:]]
     first, second = await asyncio.gather(
-        *(
-            e2e.api.post(f"/v1/workflow/{INVENTORY}/start", json={"ids": half})
-            for half in halves
-        )
+        *(e2e.api.post(f"/v1/workflow/{INVENTORY}/start", json={"ids": half}) for half in halves)
     )
     a, b = first.json(), second.json()
     assert set(a["started"]).isdisjoint(b["started"])
@@ -104,6 +133,7 @@ async def test_concurrent_overlapping_starts_never_run_a_device_twice(e2e: E2E) 
         if chunks:
             runs = await wait_ended(e2e, body["instance_id"], chunks, timeout=180)
             assert all(r["status"] == "completed" for r in runs)
+            assert len(runs) == len(body["started"])
     # every device's hold went back with the end of its story
     for body in (a, b):
         for chunk in range(1):

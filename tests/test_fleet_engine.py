@@ -14,7 +14,7 @@ from temporalio.testing import WorkflowEnvironment
 from protocol import routing
 from protocol.results import CommandReport
 from tests.test_step_engine import DEVINFO, SECINFO, Harness, harness_on
-from tests.workflow_harness import enrollment, report
+from tests.workflow_harness import enrollment, outcome, report
 from workflows.devinfolog import DevInfoLogWorkflow
 from workflows.fleet import FleetRunWorkflow
 from workflows.inventory import InventoryWorkflow
@@ -109,7 +109,7 @@ async def test_a_chunk_shares_one_send_and_each_device_ends_on_its_own(harness: 
     assert waiting.steps[0].commands[0].not_now_count == 1
     assert summary.rejected_reports == 1
 
-    result = await handle.result()
+    result = await outcome(handle)
     assert result.devices == len(ids)
     assert result.status == "failed"
     assert result.by_status == {"completed": 17, "failed": 1, "timed_out": 2}
@@ -151,7 +151,7 @@ async def test_a_re_enrolled_device_gets_its_commands_again_alone(harness: Harne
         FleetRunWorkflow.command_reports,
         answers(ids[0], aliases) + answers(ids[1], uuids) + answers(ids[2], uuids),
     )
-    result = await handle.result()
+    result = await outcome(handle)
     assert result.by_status == {"completed": 3}
     assert (await device_state(handle, ids[0])).steps[0].commands[0].reissued_as == [aliases[0]]
 
@@ -169,7 +169,7 @@ async def test_a_checked_out_device_ends_and_the_others_go_on(harness: Harness) 
         FleetRunWorkflow.command_reports,
         [report(ids[1], uuid_, "DeviceInformation", **DEVINFO)],
     )
-    result = await handle.result()
+    result = await outcome(handle)
     assert result.by_status == {"failed": 1, "completed": 1}
     assert "checked out" in ((await device_state(handle, ids[0])).message or "")
     assert [e.enrollment_id for e in harness.inventory.logged] == [ids[1]]
@@ -185,14 +185,14 @@ async def test_states_are_paged_in_enrollment_order(harness: Harness) -> None:
     assert [s.enrollment_id for s in rest.states] == ids[6:] and rest.next_after is None
     summary: FleetSummary = await handle.query(FleetRunWorkflow.summary)
     assert summary.devices == 7 and summary.by_step == {"inventory": 7}
-    assert (await handle.result()).by_status == {"timed_out": 7}
+    assert (await outcome(handle)).by_status == {"timed_out": 7}
 
 
 async def test_a_permanent_send_error_fails_every_device_of_the_group(harness: Harness) -> None:
     harness.mdm.fail_with = "MDM server rejected the API key (401)"
     ids = [enrollment() for _ in range(4)]
     handle = await start_fleet(harness, ids)
-    result = await handle.result()
+    result = await outcome(handle)
     assert result.by_status == {"failed": 4}
     message = (await device_state(handle, ids[2])).message or ""
     assert "did not take the commands" in message and "401" in message

@@ -22,7 +22,7 @@ from mdmflow.temporal_server import free_port
 from protocol import routing
 from simulator.fleet import DeviceBehaviour
 from starter.starting import StartResult, start_workflow
-from tests.e2e_stack import E2E
+from tests.e2e_stack import E2E, ended
 
 LOCK = "io.micromdm.wf.lock.v1"
 PROFILE = "io.micromdm.wf.profile.v1"
@@ -90,7 +90,7 @@ async def run(
         e2e.client, e2e.queue, workflow, [eid], context, **kw, holds=e2e.services.holds
     )
     handle = e2e.client.get_workflow_handle(fleet_run(workflow, started))
-    return dict(await asyncio.wait_for(handle.result(), 60))
+    return await ended(handle)
 
 
 async def secret(e2e: E2E, eid: str, kind: str, **params: Any) -> dict[str, Any]:
@@ -456,7 +456,7 @@ async def test_reenrolling_a_device_ends_a_pending_lock_at_once(e2e: E2E) -> Non
         await asyncio.sleep(0.05)
     await e2e.fleet.reenroll(eid)
     handle = e2e.client.get_workflow_handle(fleet_run(LOCK, started))
-    result = await asyncio.wait_for(handle.result(), 10)
+    result = await ended(handle, 10)
     assert result["status"] == "failed" and "re-enrolled" in result["message"]
     assert e2e.fleet.device_state(eid)["queue"] == []
 

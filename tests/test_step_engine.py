@@ -20,6 +20,7 @@ from tests.workflow_harness import (
     RecordingInventory,
     RecordingMdm,
     enrollment,
+    outcome,
     report,
 )
 from worker import PASSTHROUGH
@@ -125,7 +126,7 @@ async def test_acknowledged_step_completes_and_stores_inventory(harness: Harness
     assert all(routing.parse_command_uuid(u) is not None for u in (devinfo, secinfo))
     await handle.signal("command_report", report(eid, devinfo, "DeviceInformation", **DEVINFO))
     await handle.signal("command_report", report(eid, secinfo, "SecurityInfo", **SECINFO))
-    result = await handle.result()
+    result = await outcome(handle)
     assert result.status == "completed"
     (update,) = harness.inventory.updates
     assert update.values == {
@@ -154,7 +155,7 @@ async def test_notnow_then_ack_completes_once_and_duplicates_change_nothing(
     await handle.signal("command_report", other)  # somebody else's device
     await handle.signal("command_report", report(eid, secinfo, "SecurityInfo", **SECINFO))
     await handle.signal("command_report", report(eid, devinfo, "DeviceInformation", "NotNow"))
-    result = await handle.result()
+    result = await outcome(handle)
     assert result.status == "completed"
     # The store write is a local activity: a report arriving during the run's last
     # workflow task makes that task run again, and the write with it. What it writes is
@@ -172,7 +173,7 @@ async def test_silent_device_is_repushed_reissued_and_times_out_after_72h(
     harness: Harness,
 ) -> None:
     _eid, handle = await harness.start()
-    result = await handle.result()
+    result = await outcome(handle)
     assert result.status == "timed_out"
     assert "timed out" in result.message
     final = await state(handle)
@@ -191,7 +192,7 @@ async def test_input_repush_schedule_replaces_the_default(harness: Harness) -> N
     # 10 s intervals in a 45 s step: re-push at 10 s, re-issue at 20 s, re-push at 30 s
     # and 40 s. The default schedule (first re-push after 1 minute) would send nothing.
     _eid, handle = await harness.start(repush_after_seconds=[10.0], step_timeout_seconds=45)
-    result = await handle.result()
+    result = await outcome(handle)
     assert result.status == "timed_out"
     assert len(harness.mdm.pushes) == 3
     assert len(harness.mdm.sent) == 2  # the first send and the one re-issue
@@ -204,7 +205,7 @@ async def test_input_repush_schedule_replaces_the_default(harness: Harness) -> N
 
 async def test_default_repush_schedule_is_silent_for_the_first_minute(harness: Harness) -> None:
     _eid, handle = await harness.start(step_timeout_seconds=45)
-    assert (await handle.result()).status == "timed_out"
+    assert (await outcome(handle)).status == "timed_out"
     assert harness.mdm.pushes == [] and len(harness.mdm.sent) == 1
 
 
@@ -224,13 +225,13 @@ async def test_answer_to_reissued_uuid_completes_the_command(harness: Harness) -
     await handle.signal(
         "command_report", report(eid, original["SecurityInfo"], "SecurityInfo", **SECINFO)
     )
-    result = await handle.result()
+    result = await outcome(handle)
     assert result.status == "completed"
 
 
 async def test_workflow_step_timeout_overrides_engine_default(harness: Harness) -> None:
     _eid, handle = await harness.start(step_timeout_seconds=90)
-    result = await handle.result()
+    result = await outcome(handle)
     assert result.status == "timed_out"
     step = (await state(handle)).steps[0]
     assert step.deadline is not None
@@ -244,7 +245,7 @@ async def test_device_error_fails_the_run_with_the_error_chain(harness: Harness)
         "command_report",
         report(eid, sent.commands[0].command_uuid, "DeviceInformation", "Error"),
     )
-    result = await handle.result()
+    result = await outcome(handle)
     assert result.status == "failed"
     assert "MCMDMErrorDomain 12021" in result.message
     assert harness.inventory.logged == []

@@ -12,13 +12,23 @@ import uuid
 from typing import Any
 
 from temporalio import activity
+from temporalio.client import WorkflowFailureError, WorkflowHandle
 from temporalio.exceptions import ApplicationError
 
 from activities.models import (
+    CertDecision,
+    CertEvaluation,
+    CmdPlanRequest,
+    CmdPlanResult,
     DeviceInfoLogEntry,
+    EscrowCms,
+    EscrowReceipt,
     FleetSendInput,
     FleetSendResult,
     InventoryUpdate,
+    ProfileInfoRequest,
+    ProfileInfoResult,
+    ProfileSummary,
     PushInput,
     PushResult,
     ReleaseHolds,
@@ -27,6 +37,7 @@ from activities.models import (
 )
 from protocol import plist
 from protocol.results import CommandReport, parse_report
+from workflows.models import FleetResult
 
 
 class RecordingMdm:
@@ -122,6 +133,72 @@ class RecordingHolds:
         return len(inp.enrollment_ids or [])
 
 
+class StoredProfiles:
+    """The profile and command-plan stores and the certificate rule, as a test sets them.
+
+    Doubles ``profiles.info``, ``cmdplans.load``, ``enrollments.configured`` and
+    ``certprof.evaluate``.
+    """
+
+    def __init__(self) -> None:
+        self.profiles: dict[str, ProfileSummary] = {}
+        self.plans: dict[str, CmdPlanResult] = {}
+        self.configured: list[str] = []
+        self.evaluations: list[CertEvaluation] = []
+
+    def add(self, name: str, identifier: str, uuid: str) -> ProfileSummary:
+        self.profiles[name] = ProfileSummary(identifier=identifier, uuid=uuid)
+        return self.profiles[name]
+
+    @activity.defn(name="profiles.info")
+    async def info(self, req: ProfileInfoRequest) -> ProfileInfoResult:
+        return ProfileInfoResult(
+            profiles={n: self.profiles[n] for n in req.names if n in self.profiles}
+        )
+
+    @activity.defn(name="cmdplans.load")
+    async def load_cmdplan(self, req: CmdPlanRequest) -> CmdPlanResult:
+        return self.plans.get(req.name, CmdPlanResult(found=False))
+
+    @activity.defn(name="enrollments.configured")
+    async def configured_(self, enrollment_id: str) -> None:
+        self.configured.append(enrollment_id)
+
+    @activity.defn(name="certprof.evaluate")
+    async def evaluate(self, req: CertEvaluation) -> CertDecision:
+        """NanoCMD's rule without the expiry check: replace a missing match, or always."""
+        self.evaluations.append(req)
+        matching = [
+            c
+            for c in req.certificates
+            if (req.allow_non_identity or c.is_identity) and c.common_name.startswith(req.cn_prefix)
+        ]
+        if len(matching) > 1:
+            raise ApplicationError("more than one certificate matches", non_retryable=True)
+        if not matching:
+            return CertDecision(replace=True, reason="no matching certificate")
+        if req.always_replace:
+            return CertDecision(replace=True, reason="always replace")
+        return CertDecision(replace=False, reason="certificate is fine")
+
+    def activities(self) -> list[Any]:
+        return [self.info, self.load_cmdplan, self.configured_, self.evaluate]
+
+
+class RecordingEscrow:
+    """Takes the CMS a device sent and hands back receipt numbers from ``first``."""
+
+    def __init__(self, first: int = 7) -> None:
+        self.stored: list[EscrowCms] = []
+        self.next_id = first
+
+    @activity.defn(name="escrow.store_cms")
+    async def store_cms(self, inp: EscrowCms) -> EscrowReceipt:
+        self.stored.append(inp)
+        self.next_id += 1
+        return EscrowReceipt(secret_id=self.next_id - 1)
+
+
 def report(
     enrollment_id: str,
     command_uuid: str,
@@ -142,6 +219,21 @@ def report(
             {"ErrorCode": 12021, "ErrorDomain": "MCMDMErrorDomain", "LocalizedDescription": "no"}
         ]
     return parse_report(plist.dumps(doc), enrollment_id)
+
+
+async def outcome(handle: WorkflowHandle[Any, Any]) -> FleetResult:
+    """How a run ended, whether it completed or failed.
+
+    A fleet run that fails in Temporal (a device failed) carries its result in the
+    failure's details; a one-device run of the workflow's own type returns it.
+    """
+    try:
+        return FleetResult.model_validate(dict(await handle.result()))
+    except WorkflowFailureError as exc:
+        cause = exc.cause
+        if isinstance(cause, ApplicationError) and cause.details:
+            return FleetResult.model_validate(cause.details[0])
+        raise
 
 
 def enrollment() -> str:

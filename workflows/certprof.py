@@ -8,8 +8,17 @@ Context (NanoCMD's JSON): ``{"profile": "name", "filter": {"cn_prefix": "...",
 Commands that reach the device:
   1. step "list": CertificateList (managed only unless ``no_managed_only``).
   2. step "install": InstallProfile of the stored profile with the text replacements —
-     only when no certificate matches the filter or the match meets the criteria.
-More than one matching certificate fails the run (the filter is ambiguous).
+     only when no certificate matches the filter or the match meets the criteria
+     (the ``certprof.evaluate`` activity decides).
+
+On error: a bad context fails before anything is sent; more than one matching
+certificate fails the run (the filter is ambiguous); a device Error fails it (typed
+DeviceError), a timeout ends it ``timed_out``, a re-enrollment or CheckOut fails it.
+An operator's skip (suspend on failure): a skipped "list" reads as a device with no
+certificates (so the profile is installed); a skipped "install" completes the run
+saying the profile was not installed.
+Rolls back: nothing (a certificate profile replaced is not restored).
+Verified: the device's acknowledgement of InstallProfile.
 """
 
 from __future__ import annotations
@@ -62,8 +71,9 @@ class CertProfWorkflow(MdmWorkflow):
         listed = await self.step("list", [certificate_list(managed_only=not ctx.no_managed_only)])
         if listed.incomplete or listed.errors:
             return self.finish("timed_out" if listed.timed_out else "failed", listed.describe())
-        assert listed.results[0] is not None
-        certs = typed(listed.results[0], CertificateListResponse).certificate_list
+        answer = listed.results[0]
+        # a skipped list has no answer: the device reads as having no certificates
+        certs = [] if answer is None else typed(answer, CertificateListResponse).certificate_list
         criteria = ctx.criteria or CertCriteria()
         decision = await self.activity(
             "certprof.evaluate",
@@ -93,4 +103,10 @@ class CertProfWorkflow(MdmWorkflow):
             return self.finish("timed_out", step.describe())
         if step.reset or step.errors:
             return self.finish("failed", step.describe())
+        if step.skipped:
+            return self.finish(
+                "completed",
+                f"step 'install' skipped by an operator: profile {ctx.profile!r} not "
+                f"installed ({decision.reason})",
+            )
         return self.finish("completed", f"profile {ctx.profile!r} installed: {decision.reason}")

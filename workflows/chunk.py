@@ -40,6 +40,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.models import (
         FLEET_SEND_MAX_IDS,
         DeviceInfoLogEntry,
+        DeviceOutcome,
         FleetSendInput,
         FleetSendResult,
         InventoryUpdate,
@@ -80,6 +81,8 @@ STORE_TIMEOUT = timedelta(seconds=60)
 # A send to a thousand devices through MicroMDM is a thousand requests per command.
 FLEET_SEND_TIMEOUT = timedelta(minutes=10)
 FAR_FUTURE = datetime.max
+# An undo step waits at most this long for the device (a cancel must not take 72 hours).
+UNDO_TIMEOUT = timedelta(hours=1)
 # Fills that hold one device's own secret: such a command is sent to its device alone.
 PER_DEVICE_FILLS = frozenset({"new_pin", "current_prk"})
 
@@ -126,6 +129,14 @@ class _Batch:
 
 def _per_device(command: Command) -> bool:
     return any(f.kind in PER_DEVICE_FILLS for f in command.fills)
+
+
+def _stopping(dev: MdmWorkflow) -> bool:
+    return dev._stop is not None and not dev._compensating
+
+
+class RunStopped(Exception):
+    """An operator cancelled or aborted the device: its story ends at the step it is in."""
 
 
 class Chunk:
@@ -206,7 +217,10 @@ class Chunk:
             if delay > timedelta(0):
                 try:
                     await workflow.wait_condition(
-                        lambda: self._retarget or self._closing, timeout=delay
+                        lambda: self._retarget or self._closing,
+                        timeout=delay,
+                        timeout_summary=f"next re-push or deadline of {len(self._wakeups)} "
+                        "device(s)",
                     )
                     continue  # an earlier wake-up came in: aim again
                 except TimeoutError:
@@ -222,7 +236,10 @@ class Chunk:
         self._closing = True
 
     async def _wait(self, dev: MdmWorkflow, ready: Callable[[], bool], wake: datetime) -> bool:
-        """Wait until ``ready()`` or the clock passes ``wake``; True when ready."""
+        """Wait until ``ready()`` or the clock passes ``wake``; True when ready.
+
+        Raises :class:`RunStopped` when an operator stops the device meanwhile.
+        """
         if ready():
             return True
         eid = dev.input.enrollment_id
@@ -230,9 +247,13 @@ class Chunk:
         if wake < self._clock_target:
             self._retarget = True
         try:
-            await workflow.wait_condition(lambda: ready() or self._clock_now >= wake)
+            await workflow.wait_condition(
+                lambda: ready() or self._clock_now >= wake or _stopping(dev)
+            )
         finally:
             self._wakeups.pop(eid, None)
+        if _stopping(dev):
+            raise RunStopped()
         return ready()
 
     # ---- the step ------------------------------------------------------------------
@@ -246,11 +267,10 @@ class Chunk:
             workflow.upsert_search_attributes([sa.CURRENT_STEP.value_set(name)])
 
     def finished(self, dev: MdmWorkflow) -> None:
-        """A device's story ended: its hold goes back (batched)."""
+        """A device's story (and its undo steps) ended: its hold goes back and its
+        outcome is recorded (batched)."""
         self.progressed = True
         self._released.append(dev.input.enrollment_id)
-        if len(self.devices) == 1:
-            self._show_step(f"done:{dev._state.status}")
 
     def _new_uuid(self) -> str:
         return routing.fleet_command_uuid(
@@ -266,6 +286,7 @@ class Chunk:
         timeout: timedelta | None,
         not_until: datetime | None,
     ) -> StepOutcome:
+        await self._boundary(dev)
         await dev.before_step(name)
         dev._reset = None
         record = StepRecord(name=name, status="waiting", started_at=workflow.now())
@@ -273,9 +294,28 @@ class Chunk:
         dev._state.current_step = name
         self.progressed = True
         self._show_step(name)
+        try:
+            outcome = await self._run_step(dev, record, commands, timeout, not_until)
+        except RunStopped:
+            record.status = "cancelled"
+            record.finished_at = workflow.now()
+            raise
+        finally:
+            dev._awaiting = {}
+            dev._answers = []
+            dev._unconfirmed = {}
+        return outcome
+
+    async def _run_step(
+        self,
+        dev: MdmWorkflow,
+        record: StepRecord,
+        commands: Sequence[Command],
+        timeout: timedelta | None,
+        not_until: datetime | None,
+    ) -> StepOutcome:
         if not_until is not None and not_until > workflow.now():
             await self._wait(dev, lambda: False, not_until)
-
         deadline = workflow.now() + dev._step_timeout(timeout)
         record.deadline = deadline
         record.status = "sending"
@@ -286,31 +326,154 @@ class Chunk:
         dev._answers = [None] * len(commands)
         dev._unconfirmed = {}
 
-        reset: str | None = None
-        timed_out = False
         if dev._checked_out:
-            reset = "checked out"
-        else:
-            await self._send(dev, record, [_Item(i, c) for i, c in enumerate(commands)], deadline)
-            record.status = "pending"
-            ended = await self._wait_for_answers(dev, record, commands, deadline)
-            if ended == "reset":
-                reset = dev._reset.reason if dev._reset else "reset"
-            timed_out = ended == "timed_out"
+            return self._outcome(dev, record, timed_out=False, reset="checked out")
+        items = [_Item(i, c) for i, c in enumerate(commands)]
+        while True:
+            failed = await self._send(dev, record, items, deadline)
+            timed_out, reset = False, None
+            if failed is None:
+                record.status = "pending"
+                ended = await self._wait_for_answers(dev, record, commands, deadline)
+                if ended == "reset":
+                    reset = dev._reset.reason if dev._reset else "reset"
+                timed_out = ended == "timed_out"
+            problem = self._problem(dev, failed, timed_out, reset)
+            if problem is None:
+                if failed is not None:
+                    raise _enqueue_failed(record, failed)
+                return self._outcome(dev, record, timed_out=timed_out, reset=reset)
+            # suspended: an operator decides (no timer: waiting costs no history)
+            if await self._suspend(dev, record, problem) == "skip":
+                record.status = "skipped"
+                record.finished_at = workflow.now()
+                return StepOutcome(
+                    name=record.name,
+                    results=[
+                        a if a is not None and a.status == "Acknowledged" else None
+                        for a in dev._answers
+                    ],
+                    skipped=True,
+                )
+            # retry: what failed or never came, again under new CommandUUIDs
+            items = self._retry_items(dev, record, commands)
+            deadline = workflow.now() + dev._step_timeout(timeout)
+            record.deadline = deadline
 
+    def _problem(
+        self, dev: MdmWorkflow, failed: str | None, timed_out: bool, reset: str | None
+    ) -> str | None:
+        """Why the step needs an operator (suspend on failure), or None."""
+        if dev.input.on_failure != "suspend" or dev._compensating or reset is not None:
+            return None
+        if failed is not None:
+            return f"the MDM server did not take the commands: {failed}"
+        if timed_out:
+            missing = sum(1 for a in dev._answers if a is None)
+            return f"timed out with {missing} command(s) unanswered"
+        errors = [a for a in dev._answers if a is not None and a.status != "Acknowledged"]
+        if errors:
+            return "; ".join(
+                f"{e.request_type or e.command_uuid}: {e.error_summary}" for e in errors
+            )
+        return None
+
+    async def _suspend(
+        self, dev: MdmWorkflow, record: StepRecord, problem: str
+    ) -> Literal["retry", "skip"]:
+        record.status = "suspended"
+        dev._state.status = "suspended"
+        dev._state.message = f"suspended at step {record.name!r}: {problem}"
+        dev._decision = None
+        self.progressed = True
+        if len(self.devices) == 1:
+            self._show_step(f"suspended:{record.name}")
+        await workflow.wait_condition(lambda: dev._decision is not None or dev._stop is not None)
+        if dev._stop is not None:
+            raise RunStopped()
+        decision = dev._decision
+        assert decision is not None
+        dev._decision = None
+        dev._state.status = "running"
+        dev._state.message = None
+        record.status = "pending"
+        self.progressed = True
+        if len(self.devices) == 1:
+            self._show_step(record.name)
+        return decision
+
+    @staticmethod
+    def _retry_items(
+        dev: MdmWorkflow, record: StepRecord, commands: Sequence[Command]
+    ) -> list[_Item]:
+        """The commands to send again: those that failed (their old UUIDs are dropped, so
+        a repeated Error cannot fail them again) and those never answered."""
+        items = []
+        for i, command in enumerate(commands):
+            answer = dev._answers[i]
+            if answer is not None and answer.status == "Acknowledged":
+                continue
+            if answer is not None:
+                for uuid in [u for u, index in dev._awaiting.items() if index == i]:
+                    del dev._awaiting[uuid]
+            dev._answers[i] = None
+            progress = record.commands[i]
+            progress.answered = False
+            progress.error = None
+            items.append(_Item(i, command, replaces=progress.command_uuid))
+        dev._unconfirmed = {}
+        return items
+
+    @staticmethod
+    def _outcome(
+        dev: MdmWorkflow, record: StepRecord, *, timed_out: bool, reset: str | None
+    ) -> StepOutcome:
         record.status = "timed_out" if timed_out else "reset" if reset else "completed"
         record.finished_at = workflow.now()
-        outcome = StepOutcome(
-            name=name,
+        return StepOutcome(
+            name=record.name,
             results=list(dev._answers),
             timed_out=timed_out,
             reset=reset,
             send_error=record.send_error if dev._unconfirmed else None,
         )
-        dev._awaiting = {}
-        dev._answers = []
-        dev._unconfirmed = {}
-        return outcome
+
+    async def _boundary(self, dev: MdmWorkflow) -> None:
+        """Between steps: stop here when stopped, wait here while paused (visibly)."""
+        if dev._compensating:
+            return
+        if dev._stop is not None:
+            raise RunStopped()
+        if dev._pause is None:
+            return
+        dev._state.status = "paused"
+        dev._state.message = dev._pause
+        dev._state.control = None
+        self.progressed = True
+        await workflow.wait_condition(lambda: dev._pause is None or dev._stop is not None)
+        if dev._stop is not None:
+            raise RunStopped()
+        dev._state.status = "running"
+        dev._state.message = None
+        self.progressed = True
+
+    async def compensate(self, dev: MdmWorkflow) -> list[str]:
+        """Run the story's undo steps newest-first; returns the ones that failed."""
+        failed: list[str] = []
+        dev._compensating = True
+        try:
+            while dev._undo:
+                name, commands = dev._undo.pop()
+                timeout = min(dev._step_timeout(None), UNDO_TIMEOUT)
+                outcome = await self.step(
+                    dev, f"undo {name}", commands, timeout=timeout, not_until=None
+                )
+                if not outcome.acknowledged:
+                    failed.append(outcome.describe())
+        finally:
+            dev._compensating = False
+            dev._state.current_step = None
+        return failed
 
     async def _wait_for_answers(
         self,
@@ -347,7 +510,9 @@ class Chunk:
                     for i, c in enumerate(commands)
                     if dev._answers[i] is None
                 ]
-                await self._send(dev, record, again, None, alone=True)
+                failed = await self._send(dev, record, again, None, alone=True)
+                if failed is not None:
+                    raise _enqueue_failed(record, failed)
                 silent_repushes = 0
         return "answered"
 
@@ -375,7 +540,9 @@ class Chunk:
                 ):
                     items.append(_Item(i, command, replaces=progress.command_uuid))
         if items:
-            await self._send(dev, record, items, None)
+            failed = await self._send(dev, record, items, None)
+            if failed is not None:
+                raise _enqueue_failed(record, failed)
             return
         push = _Push(dev, record)
         self._pushes.append(push)
@@ -391,8 +558,10 @@ class Chunk:
         deadline: datetime | None,
         *,
         alone: bool = False,
-    ) -> None:
+    ) -> str | None:
         """Queue ``items`` for this device and wait until the group's send is over.
+
+        Returns why the MDM server refused them for good (None when it did not).
 
         Devices whose items are the same (same commands, same UUIDs or replacing the
         same UUIDs) in the same workflow task form one group and one send.
@@ -407,13 +576,17 @@ class Chunk:
             parts.append(dev.input.enrollment_id)
         send = _Send(dev, record, items, key=tuple(parts))
         self._sends.append(send)
-        ready = lambda: send.done or dev._step_over()  # noqa: E731
+
+        def ready() -> bool:
+            return send.done or dev._step_over()
+
         if deadline is None:
-            await workflow.wait_condition(ready)
+            await workflow.wait_condition(lambda: ready() or _stopping(dev))
+            if _stopping(dev):
+                raise RunStopped()
         else:
             await self._wait(dev, ready, deadline)
-        if send.failed is not None:
-            raise _enqueue_failed(record, send.failed)
+        return send.failed
 
     async def _send_group(self, group: list[_Send]) -> None:
         first = group[0]
@@ -601,9 +774,25 @@ class Chunk:
             batch.done = True
 
     async def _release(self, enrollment_ids: list[str]) -> None:
+        outcomes = [
+            DeviceOutcome(
+                enrollment_id=eid,
+                workflow_name=self.input.workflow_name,
+                instance_id=self.input.instance_id,
+                status=state.status,
+                message=state.message or "",
+                failure_type=state.failure_type,
+            )
+            for eid in enrollment_ids
+            for state in [self.devices[eid]._state]
+        ]
         await workflow.execute_local_activity(
             "holds.release",
-            ReleaseHolds(workflow_id=workflow.info().workflow_id, enrollment_ids=enrollment_ids),
+            ReleaseHolds(
+                workflow_id=workflow.info().workflow_id,
+                enrollment_ids=enrollment_ids,
+                outcomes=outcomes,
+            ),
             start_to_close_timeout=STORE_TIMEOUT,
             summary=f"release {len(enrollment_ids)} device(s)",
         )

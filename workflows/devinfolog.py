@@ -1,10 +1,16 @@
 """``io.micromdm.wf.devinfolog.v1``: ask a device for its DeviceInformation and log it.
 
-Commands that reach the device, in one step:
+Commands that reach the device, in one step "devinfo":
   1. DeviceInformation with the inventory queries
 The answer is written to the worker log and kept in the device-information log
-(``GET /v1/devinfolog?id=...``). A device Error fails the run with the error chain; a
-re-enrollment mid-step re-sends the command, a CheckOut ends the run.
+(``GET /v1/devinfolog?id=...``).
+
+On error: a device Error fails the run with the error chain (typed DeviceError); no
+answer within the step timeout ends it ``timed_out``; a re-enrollment mid-step re-sends
+the command, a CheckOut ends the run. An operator's skip (suspend on failure) completes
+the run with nothing logged, saying the step was skipped.
+Rolls back: nothing (the command only reads).
+Verified: nothing beyond the answer itself.
 """
 
 from __future__ import annotations
@@ -34,6 +40,8 @@ class DevInfoLogWorkflow(MdmWorkflow):
         if step.reset:
             return self.finish("failed", step.describe())
         report = step.results[0]
+        if step.skipped and report is None:
+            return self.finish("completed", "step 'devinfo' skipped by an operator: nothing logged")
         if report is None or report.status != "Acknowledged":
             return self.finish("failed", step.describe())
         responses = typed(report, DeviceInformationResponse).query_responses

@@ -50,6 +50,7 @@ with workflow.unsafe.imports_passed_through():
     from workflows.models import (
         CommandProgress,
         EnrollmentReset,
+        FailureType,
         RunResult,
         RunState,
         RunStatus,
@@ -135,6 +136,15 @@ class MdmWorkflow:
         # Set when this story runs inside a fleet run: its steps, timers and activities
         # then go through the chunk's engine (see workflows.chunk).
         self._chunk: Chunk | None = None
+        # Operator controls (fleet runs): a pause waits at the next step boundary; a stop
+        # (cancel or abort) ends the story at its next wait; a suspended step waits for
+        # a decision. Undo steps registered by the story run newest-first on cancel,
+        # abort or failure.
+        self._pause: str | None = None
+        self._stop: tuple[Literal["cancel", "abort"], str] | None = None
+        self._decision: Literal["retry", "skip"] | None = None
+        self._undo: list[tuple[str, list[Command]]] = []
+        self._compensating = False
 
     # ---- lifecycle -------------------------------------------------------------------
 
@@ -152,14 +162,17 @@ class MdmWorkflow:
             raise RuntimeError("begin() was not called")
         return self._input
 
-    def finish(self, status: RunStatus, message: str) -> RunResult:
+    def finish(
+        self, status: RunStatus, message: str, failure_type: FailureType | None = None
+    ) -> RunResult:
         """End the run with a status and a sentence for the operator."""
         self._state.status = status
         self._state.message = message
         self._state.current_step = None
-        if self._chunk is not None:
-            self._chunk.finished(self)
-        else:
+        self._state.control = None
+        if status in ("failed", "timed_out"):
+            self._state.failure_type = failure_type or self._failure_type(status)
+        if self._chunk is None:
             workflow.upsert_search_attributes([sa.CURRENT_STEP.value_set(f"done:{status}")])
         if self._chunk is not None and len(self._chunk) > 1:
             # a fleet run logs one summary line at its end, not one line per device
@@ -174,6 +187,26 @@ class MdmWorkflow:
             enrollment_id=self.input.enrollment_id,
             instance_id=self.input.instance_id,
         )
+
+    def _failure_type(self, status: RunStatus) -> FailureType:
+        """Why the run failed, read from its last step (for the Temporal failure type)."""
+        if status == "timed_out":
+            return "StepTimedOut"
+        if not self._state.steps:
+            return "BadInput"  # failed before sending anything: context, unknown profile
+        last = self._state.steps[-1]
+        if last.status == "reset":
+            return "CheckedOut" if self._checked_out else "ReEnrolled"
+        if last.status == "timed_out":
+            return "StepTimedOut"
+        if any(c.error for c in last.commands):
+            return "DeviceError"
+        return "WorkflowFailed"
+
+    def add_undo(self, name: str, commands: Sequence[Command]) -> None:
+        """Register how to undo what just happened (run newest-first on rollback)."""
+        if commands:
+            self._undo.append((name, list(commands)))
 
     # ---- handlers --------------------------------------------------------------------
 

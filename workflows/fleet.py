@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from typing import get_args
 
 from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError
@@ -28,11 +29,15 @@ from temporalio.exceptions import ActivityError, ApplicationError
 with workflow.unsafe.imports_passed_through():
     from protocol.results import CommandReport
     from workflows import search_attributes as sa
-    from workflows.chunk import Chunk
+    from workflows.chunk import Chunk, RunStopped
     from workflows.engine import MdmWorkflow
     from workflows.models import (
+        ControlAction,
+        ControlRequest,
+        ControlResult,
         DeviceStatesPage,
         EnrollmentReset,
+        FailureType,
         FleetInput,
         FleetResult,
         FleetSummary,
@@ -43,6 +48,36 @@ with workflow.unsafe.imports_passed_through():
 
 FLEET_WORKFLOW = "mdmflow.fleet.v1"
 STATES_PAGE_MAX = 500
+CONTROL_MAX_IDS = 1000
+# Paused or suspended devices named in the Web UI's current details (the rest: counts).
+DETAILS_DEVICES = 20
+ENDED = frozenset({"completed", "failed", "cancelled", "timed_out"})
+FAILURE_TYPES = frozenset(get_args(FailureType))
+
+
+def _failure_type(error_type: str | None) -> FailureType:
+    """An ApplicationError's type as a run failure type (EnqueueFailed, ...)."""
+    if error_type in FAILURE_TYPES:
+        return error_type  # type: ignore[return-value]
+    return "WorkflowFailed"
+
+
+def _refusal(dev: MdmWorkflow, action: ControlAction) -> str | None:
+    """Why ``action`` does not apply to this device now, or None when it does."""
+    status = dev._state.status
+    if status in ENDED:
+        return f"already ended ({status})"
+    if dev._stop is not None:
+        return "already being stopped"
+    if action == "pause" and dev._pause is not None:
+        return "already paused"
+    if action == "resume" and dev._pause is None:
+        return "not paused"
+    if action in ("retry", "skip", "abort") and (
+        status != "suspended" or dev._decision is not None
+    ):
+        return f"not suspended ({status}): {action} applies to a suspended step"
+    return None
 
 
 @workflow.defn(name=FLEET_WORKFLOW)
@@ -51,8 +86,6 @@ class FleetRunWorkflow:
         self._chunk: Chunk | None = None
         self._early: list[CommandReport | EnrollmentReset] = []
         self._rejected = 0
-        # A one-device run whose story raised fails in Temporal as a one-device run did.
-        self._failure: ApplicationError | ActivityError | None = None
 
     @workflow.run
     async def run(self, inp: FleetInput) -> FleetResult:
@@ -77,33 +110,70 @@ class FleetRunWorkflow:
         pump = asyncio.create_task(chunk.pump())
         clock = asyncio.create_task(chunk.clock())
         details = asyncio.create_task(self._details(inp, chunk))
-        await asyncio.gather(*(self._live(inp, eid, dev) for eid, dev in chunk.devices.items()))
+        lives = [
+            asyncio.create_task(self._live(inp, eid, dev)) for eid, dev in chunk.devices.items()
+        ]
+        try:
+            await workflow.wait_condition(lambda: all(t.done() for t in lives))
+        except asyncio.CancelledError:
+            # cancelled in Temporal (the API's cancel, the Web UI's button): every device
+            # still running stops at its step, its undo steps run, and the run ends
+            # Cancelled once they are done
+            reason = workflow.cancellation_reason() or "cancelled in Temporal"
+            for dev in chunk.devices.values():
+                if dev._state.status not in ENDED and dev._stop is None:
+                    dev._stop = ("cancel", f"cancelled: {reason}")
+            await workflow.wait_condition(lambda: all(t.done() for t in lives))
+        for task in lives:
+            task.result()  # a bug in a story fails the workflow task, not silently
         chunk.close()
         await pump
         await clock
         await details
         await workflow.wait_condition(workflow.all_handlers_finished)
-        if self._failure is not None:
-            raise self._failure
         return self._result(inp, chunk)
 
     async def _live(self, inp: FleetInput, eid: str, dev: MdmWorkflow) -> None:
-        """One device's story; its failure is its own, never the chunk's."""
+        """One device's story; its failure is its own, never the chunk's.
+
+        A stopped device (cancel, abort) and a failed one with undo steps registered
+        are rolled back newest-first before they end; an undo that fails is reported in
+        the device's message.
+        """
+        assert self._chunk is not None
+        try:
+            await self._story(inp, eid, dev)
+        finally:
+            self._chunk.finished(dev)
+
+    async def _story(self, inp: FleetInput, eid: str, dev: MdmWorkflow) -> None:
+        assert self._chunk is not None
+        stop_reason: str | None = None
         try:
             await dev.run(inp.device_input(eid))  # type: ignore[attr-defined]
+        except RunStopped:
+            assert dev._stop is not None
+            stop_reason = dev._stop[1]
         except ApplicationError as exc:
-            dev.finish("failed", exc.message)
-            if len(inp.enrollment_ids) == 1:
-                self._failure = exc
+            dev.finish("failed", exc.message, _failure_type(exc.type))
         except ActivityError as exc:
             cause = exc.cause
             why = cause.message if isinstance(cause, ApplicationError) else str(cause or exc)
             dev.finish("failed", f"{exc.activity_type or 'activity'} failed: {why}")
-            if len(inp.enrollment_ids) == 1:
-                self._failure = exc
+        if stop_reason is None and dev._state.status not in ("failed", "timed_out"):
+            return
+        undo_failed = await self._chunk.compensate(dev) if dev._undo else []
+        note = f"; undo failed: {'; '.join(undo_failed)}" if undo_failed else ""
+        if stop_reason is None:
+            dev._state.message = (dev._state.message or "") + note
+        elif dev._stop is not None and dev._stop[0] == "cancel":
+            dev.finish("cancelled", stop_reason + note)
+        else:
+            dev.finish("failed", stop_reason + note, "Aborted")
 
     async def _details(self, inp: FleetInput, chunk: Chunk) -> None:
-        """Keep the Web UI's "current details" of the run: devices per status and step.
+        """Keep the Web UI's "current details" of the run: devices per status and step,
+        and why a device is paused or suspended.
 
         Not recorded in history; refreshed at most once per workflow task.
         """
@@ -114,31 +184,123 @@ class FleetRunWorkflow:
             parts = [f"{n} {s}" for s, n in sorted(summary.by_status.items())]
             steps = ", ".join(f"{n} in {s!r}" for s, n in sorted(summary.by_step.items()))
             text = f"**{inp.workflow_name}**, {summary.devices} device(s): {', '.join(parts)}"
-            workflow.set_current_details(text + (f" ({steps})" if steps else ""))
-            if summary.by_status.get("running", 0) == 0:
+            if steps:
+                text += f" ({steps})"
+            waiting = [
+                f"- {dev._state.enrollment_id}: {dev._state.message}"
+                for dev in list(chunk.devices.values())[:DETAILS_DEVICES]
+                if dev._state.status in ("paused", "suspended")
+            ]
+            workflow.set_current_details("\n".join([text, *waiting]))
+            if all(dev._state.status in ENDED for dev in chunk.devices.values()):
                 return
 
     def _result(self, inp: FleetInput, chunk: Chunk) -> FleetResult:
+        """The run's result, or its failure: the Temporal status tells the truth.
+
+        A chunk of one ends as its device did: Completed, Failed (typed DeviceError,
+        StepTimedOut, ReEnrolled, EnqueueFailed, Aborted, ...) or Cancelled. A larger
+        chunk fails (DevicesFailed) when any device failed or timed out, with the counts
+        in the failure's details.
+        """
         states = [dev._state for dev in chunk.devices.values()]
         by_status = dict(Counter(s.status for s in states))
-        if len(states) == 1:
-            only = states[0]
-            status, message = only.status, only.message or ""
-        else:
-            status = "completed" if by_status.get("completed") == len(states) else "failed"
-            message = ", ".join(f"{n} {s}" for s, n in sorted(by_status.items()))
-            message = f"{len(states)} devices: {message}"
-            workflow.upsert_search_attributes([sa.CURRENT_STEP.value_set(f"done:{status}")])
-            workflow.logger.info("%s chunk %d: %s", inp.workflow_name, inp.chunk, message)
-        return FleetResult(
-            status=status,
-            message=message,
+        result = FleetResult(
+            status="completed",
+            message="",
             enrollment_id=inp.enrollment_ids[0],
             instance_id=inp.instance_id,
             chunk=inp.chunk,
             devices=len(states),
             by_status=by_status,
         )
+        failed = by_status.get("failed", 0) + by_status.get("timed_out", 0)
+        if len(states) == 1:
+            only = states[0]
+            result.status, result.message = only.status, only.message or ""
+            workflow.upsert_search_attributes([sa.CURRENT_STEP.value_set(f"done:{only.status}")])
+            if failed:
+                raise ApplicationError(
+                    result.message,
+                    result.model_dump(mode="json"),
+                    type=only.failure_type or "WorkflowFailed",
+                    non_retryable=True,
+                )
+        else:
+            counts = ", ".join(f"{n} {s}" for s, n in sorted(by_status.items()))
+            result.message = f"{len(states)} devices: {counts}"
+            result.status = "failed" if failed else "completed"
+            workflow.upsert_search_attributes([sa.CURRENT_STEP.value_set(f"done:{result.status}")])
+            workflow.logger.info("%s chunk %d: %s", inp.workflow_name, inp.chunk, result.message)
+            if failed:
+                raise ApplicationError(
+                    result.message,
+                    result.model_dump(mode="json"),
+                    type="DevicesFailed",
+                    non_retryable=True,
+                )
+        if by_status.get("cancelled") and workflow.cancellation_reason() is not None:
+            raise asyncio.CancelledError(result.message)
+        return result
+
+    # ---- controls --------------------------------------------------------------------
+
+    def _plan(self, req: ControlRequest) -> ControlResult:
+        """Which devices ``req`` applies to, and why not to the others (no changes)."""
+        result = ControlResult()
+        if self._chunk is None:
+            result.refused["*"] = "the run is starting; try again in a moment"
+            return result
+        targets = req.enrollment_ids or list(self._chunk.devices)
+        for eid in targets[:CONTROL_MAX_IDS]:
+            dev = self._chunk.devices.get(eid)
+            why = "not a device of this run" if dev is None else _refusal(dev, req.action)
+            if why is None:
+                result.accepted.append(eid)
+            else:
+                result.refused[eid] = why
+        return result
+
+    @workflow.update
+    def control(self, req: ControlRequest) -> ControlResult:
+        """Cancel, pause, resume, retry, skip or abort devices of this run."""
+        result = self._plan(req)
+        assert self._chunk is not None
+        who = f"{req.actor}" + (f": {req.reason}" if req.reason else "")
+        for eid in result.accepted:
+            dev = self._chunk.devices[eid]
+            if req.action == "cancel":
+                dev._stop = ("cancel", f"cancelled by {who}")
+            elif req.action == "abort":
+                dev._stop = ("abort", f"aborted by {who}")
+            elif req.action == "pause":
+                dev._pause = f"paused by {who}"
+                if dev._state.status == "running":
+                    dev._state.control = f"pause requested by {who}: waits after this step"
+            elif req.action == "resume":
+                dev._pause = None
+                dev._state.control = None
+            else:
+                dev._decision = req.action
+        self._chunk.progressed = True
+        workflow.logger.info(
+            "%s by %s: %d device(s), %d refused",
+            req.action,
+            req.actor,
+            len(result.accepted),
+            len(result.refused),
+        )
+        return result
+
+    @control.validator
+    def validate_control(self, req: ControlRequest) -> None:
+        """Refuse (nothing enters history) when the action applies to no device named."""
+        if req.enrollment_ids is not None and len(req.enrollment_ids) > CONTROL_MAX_IDS:
+            raise ValueError(f"at most {CONTROL_MAX_IDS} enrollment IDs per control")
+        result = self._plan(req)
+        if not result.accepted:
+            reasons = sorted(set(result.refused.values()))
+            raise ValueError(f"{req.action}: nothing to do ({'; '.join(reasons)})")
 
     # ---- signals ---------------------------------------------------------------------
 

@@ -5,10 +5,18 @@ Commands that reach the device:
      certificate inside; the stored template ``io.micromdm.wf.fvenable.v1`` if any).
   2. step "poll", repeated on a durable timer: SecurityInfo, until FileVault is on and
      the device reports ``FDE_PersonalRecoveryKeyCMS``.
-The CMS is decrypted and sealed inside an activity; the recovery key never enters
-workflow history. Context (optional JSON): ``{"poll_seconds": 120, "max_polls": 180}``
-(NanoCMD's 2 minutes x 180, about 6 hours). A refused profile fails the run; a
-FileVault that is not on after the last poll ends the run ``timed_out``.
+The CMS is decrypted and sealed inside an activity (``escrow.store_cms``); the
+recovery key never enters workflow history. Context (optional JSON):
+``{"poll_seconds": 120, "max_polls": 180}`` (NanoCMD's 2 minutes x 180, about 6 hours).
+
+On error: a refused profile fails the run (typed DeviceError); a poll that errors is
+polled again (as NanoCMD does); a step that times out ends the run ``timed_out``, a
+re-enrollment or CheckOut fails it; a FileVault that is not on after the last poll ends
+the run ``timed_out``. An operator's skip (suspend on failure): a skipped "install"
+goes on polling (the profile may be there already), a skipped poll is one poll more.
+Rolls back: nothing (the escrow profile stays; FileVault is not turned off).
+Verified: FileVault on, per the device's SecurityInfo, and the key escrowed (the
+activity checks that the CMS decrypts to a recovery key).
 """
 
 from __future__ import annotations
@@ -54,6 +62,7 @@ class FileVaultEnableWorkflow(MdmWorkflow):
             return self.finish("timed_out", install.describe())
         if install.reset or install.errors:
             return self.finish("failed", install.describe())
+        skipped = " (escrow profile install skipped)" if install.skipped else ""
 
         for _ in range(ctx.max_polls):
             poll = await self.step(
@@ -67,14 +76,15 @@ class FileVaultEnableWorkflow(MdmWorkflow):
                 return self.finish("failed", poll.describe())
             report = poll.results[0]
             if report is None or report.status != "Acknowledged":
-                continue  # NanoCMD keeps polling through errors too
+                continue  # NanoCMD keeps polling through errors too (and skipped polls)
             info = typed(report, SecurityInfoResponse).security_info
             cms = info.fde_personal_recovery_key_cms
             if info.fde_enabled and isinstance(cms, dict):
                 secret_id = await escrow_recovery_key(self, cms, report.command_uuid)
                 return self.finish(
-                    "completed", f"FileVault on; recovery key escrowed (#{secret_id})"
+                    "completed", f"FileVault on; recovery key escrowed (#{secret_id}){skipped}"
                 )
         return self.finish(
-            "timed_out", f"FileVault not on with an escrowed key after {ctx.max_polls} polls"
+            "timed_out",
+            f"FileVault not on with an escrowed key after {ctx.max_polls} polls{skipped}",
         )

@@ -4,9 +4,18 @@ Commands that reach the device, in one step:
   1. RotateFileVaultKey, unlocking with the escrowed key and asking for the new key
      encrypted to our escrow certificate. Both are put into the command inside the
      send activity, so no key enters workflow history.
-The new key is decrypted and escrowed; the previous one is kept (superseded). With no
-escrowed key the run fails before anything is sent; a device Error (e.g. the escrowed
-key is wrong) fails the run with the error chain.
+The new key is decrypted and escrowed; the previous one is kept (superseded).
+
+Pre-condition: an escrowed key to unlock with. It is checked where the key is read, in
+the send activity's ``current_prk`` fill: with no escrowed key the run fails before
+anything reaches the device.
+On error: a device Error (e.g. the escrowed key is wrong) fails the run with the error
+chain (typed DeviceError), the escrowed key unchanged; a timeout ends it ``timed_out``;
+a re-enrollment or CheckOut fails it; an acknowledgement without a new key fails it.
+An operator's skip (suspend on failure) completes the run with a message that the
+rotation was skipped: no claim of a new key, the escrowed key unchanged.
+Rolls back: nothing (the previous key stays escrowed, marked superseded).
+Verified: the new key decrypts (inside ``escrow.store_cms``) before it is escrowed.
 """
 
 from __future__ import annotations
@@ -32,6 +41,12 @@ class FileVaultRotateWorkflow(MdmWorkflow):
         if step.timed_out:
             return self.finish("timed_out", step.describe())
         report = step.results[0]
+        if step.skipped and report is None:
+            return self.finish(
+                "completed",
+                "step 'rotate' skipped by an operator: the key was not rotated; the escrowed "
+                "key is unchanged",
+            )
         if step.reset or report is None or report.status != "Acknowledged":
             return self.finish("failed", step.describe())
         result = report.body.get("RotateResult")

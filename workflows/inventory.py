@@ -1,12 +1,17 @@
 """``io.micromdm.wf.inventory.v1``: refresh the inventory of one enrollment.
 
-Commands that reach the device, in one step:
+Commands that reach the device, in one step "inventory":
   1. DeviceInformation (serial, model, names, OS, MAC, Apple silicon, battery, ...)
   2. SecurityInfo (SIP, FileVault)
 On success the answers are written to the inventory store (``GET /v1/inventory``).
-On a device Error the other answer is still stored and the run fails with the error;
-if the device does not answer within the step timeout the run ends ``timed_out``.
-A re-enrollment mid-step re-sends the unanswered commands; a CheckOut ends the run.
+
+On error: after a device Error the other answer is still stored and the run fails with
+the error (typed DeviceError); if the device does not answer within the step timeout
+the run ends ``timed_out``. A re-enrollment mid-step re-sends the unanswered commands;
+a CheckOut ends the run. An operator's skip (suspend on failure) stores what was
+acknowledged and completes, saying the step was skipped.
+Rolls back: nothing (the commands only read).
+Verified: nothing beyond the answers themselves; what is stored is what the device said.
 SecurityInfo answers to *other* workflows' commands (e.g. FileVault polls) update the
 FileVault and SIP values too (AllCommandResponse).
 """
@@ -106,4 +111,10 @@ class InventoryWorkflow(MdmWorkflow):
             )
         if step.errors:
             return self.finish("failed", step.describe())
+        if step.skipped:
+            return self.finish(
+                "completed",
+                f"step 'inventory' skipped by an operator; inventory updated "
+                f"({len(values)} values from {'+'.join(source) or 'no answer'})",
+            )
         return self.finish("completed", f"inventory updated ({len(values)} values)")

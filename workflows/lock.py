@@ -1,12 +1,19 @@
 """``io.micromdm.wf.lock.v1``: lock a lost Mac (or iPhone/iPad) and keep the PIN.
 
-Commands that reach the device, in one step:
+Commands that reach the device, in one step "lock":
   1. DeviceLock with a new random 6-digit PIN and the optional message / phone number.
 The PIN is generated and escrowed inside the send activity: it never enters workflow
 history. Retrieve it with ``GET /v1/escrow/{id}/pin`` (every retrieval is recorded).
 Context: optional JSON ``{"message": "...", "phone_number": "..."}`` or a plain message.
-On a device Error the run fails with the error; a re-enrollment or CheckOut mid-step
-ends the run (a lock is not silently re-sent).
+
+On error: a device Error fails the run with the error (typed DeviceError); no answer
+within the step timeout ends it ``timed_out``; a re-enrollment or CheckOut mid-step
+ends the run (a lock is not silently re-sent). A retried step (suspend on failure)
+sends a new DeviceLock with a new PIN. An operator's skip completes the run with a
+message that the lock was skipped: no claim that the device is locked or that the
+escrowed PIN is its PIN.
+Rolls back: nothing (a lock is not undone by MDM; the PIN unlocks it).
+Verified: the device's acknowledgement of DeviceLock.
 """
 
 from __future__ import annotations
@@ -58,4 +65,9 @@ class LockWorkflow(MdmWorkflow):
             return self.finish("timed_out", step.describe())
         if step.reset or step.errors:
             return self.finish("failed", step.describe())
+        if step.skipped:
+            return self.finish(
+                "completed",
+                "step 'lock' skipped by an operator: the device is not known to be locked",
+            )
         return self.finish("completed", "device locked; PIN escrowed")

@@ -56,6 +56,10 @@ class WorkflowInput(BaseModel):
     # Set by the starter to ENGINE_REVISION; inputs recorded before revisions existed
     # decode as 1.
     revision: int = 1
+    # Fleet runs: what a failed step does ("suspend": wait for retry, skip or abort).
+    on_failure: OnFailure = "fail"
+    # Undo what the run did when it fails, is aborted or cancelled (profile, cmdplan).
+    rollback: bool = False
 
 
 class CommandProgress(BaseModel):
@@ -71,7 +75,17 @@ class CommandProgress(BaseModel):
     answered: bool = False
 
 
-StepStatus = Literal["waiting", "sending", "pending", "completed", "timed_out", "reset"]
+StepStatus = Literal[
+    "waiting",
+    "sending",
+    "pending",
+    "completed",
+    "timed_out",
+    "reset",
+    "suspended",
+    "skipped",
+    "cancelled",
+]
 
 
 class StepRecord(BaseModel):
@@ -105,6 +119,8 @@ class StepOutcome(BaseModel):
     reset: str | None = None
     # Why some commands never reached the MDM server, when that is why they are missing.
     send_error: str | None = None
+    # An operator skipped the step after it failed: failed commands read as unanswered.
+    skipped: bool = False
 
     @property
     def incomplete(self) -> bool:
@@ -137,7 +153,21 @@ class StepOutcome(BaseModel):
         return f"step {self.name!r} acknowledged"
 
 
-RunStatus = Literal["running", "completed", "failed", "timed_out"]
+RunStatus = Literal[
+    "running", "paused", "suspended", "completed", "failed", "cancelled", "timed_out"
+]
+# What a failed run's ApplicationError is typed as (the Web UI and the API show it).
+FailureType = Literal[
+    "DeviceError",
+    "StepTimedOut",
+    "ReEnrolled",
+    "CheckedOut",
+    "EnqueueFailed",
+    "Aborted",
+    "BadInput",
+    "WorkflowFailed",
+]
+OnFailure = Literal["fail", "suspend"]
 
 
 class RunState(BaseModel):
@@ -147,6 +177,10 @@ class RunState(BaseModel):
     status: RunStatus = "running"
     current_step: str | None = None
     message: str | None = None
+    # Set when the run failed: the kind of failure, as the Temporal failure's type.
+    failure_type: FailureType | None = None
+    # A pause asked for while a step is in flight ("pause requested by alice: ...").
+    control: str | None = None
     steps: list[StepRecord] = Field(default_factory=list)
     ignored_reports: int = 0
     rejected_reports: int = 0
@@ -175,6 +209,8 @@ class FleetInput(BaseModel):
     step_timeout_seconds: float | None = None
     repush_after_seconds: list[PositiveFloat] | None = None
     revision: int = FLEET_REVISION
+    on_failure: OnFailure = "fail"
+    rollback: bool = False
 
     def device_input(self, enrollment_id: str) -> WorkflowInput:
         return WorkflowInput(
@@ -185,6 +221,8 @@ class FleetInput(BaseModel):
             step_timeout_seconds=self.step_timeout_seconds,
             repush_after_seconds=self.repush_after_seconds,
             revision=self.revision,
+            on_failure=self.on_failure,
+            rollback=self.rollback,
         )
 
 
@@ -211,6 +249,25 @@ class FleetSummary(BaseModel):
     by_step: dict[str, int]
     ignored_reports: int = 0
     rejected_reports: int = 0
+
+
+ControlAction = Literal["cancel", "pause", "resume", "retry", "skip", "abort"]
+
+
+class ControlRequest(BaseModel):
+    """An operator's action on devices of a run (all of them when none is named)."""
+
+    action: ControlAction
+    enrollment_ids: list[str] | None = None
+    reason: str = ""
+    actor: str = "operator"
+
+
+class ControlResult(BaseModel):
+    """Devices the action applied to, and why it did not apply to the others."""
+
+    accepted: list[str] = Field(default_factory=list)
+    refused: dict[str, str] = Field(default_factory=dict)
 
 
 class DeviceStatesPage(BaseModel):
