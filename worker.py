@@ -27,8 +27,8 @@ from escrow.sealing import load_master_key
 from mdmflow import config, eventloop, metrics
 from mdmflow.logs import configure_logging
 from mdmflow.search_setup import startup_problem
+from mdmflow.services import Services
 from mdmflow.temporal_client import connect, tls_config
-from starter.deps import Services
 from store.db import open_engine
 from workflows.catalog import ALL_WORKFLOWS
 
@@ -61,6 +61,7 @@ def build_worker(services: Services, mdm: MdmServerClient, **worker_options: Any
         inv_acts.log_device_information_many,
         start_acts.start_workflows,
         escrow_acts.store_cms,
+        escrow_acts.has_secret,
         profile_acts.info,
         profile_acts.load_cmdplan,
         profile_acts.configured,

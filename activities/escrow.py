@@ -8,7 +8,7 @@ import re
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.models import EscrowCms, EscrowReceipt
+from activities.models import EscrowCms, EscrowQuery, EscrowReceipt
 from escrow.store import EscrowError, EscrowStore
 from protocol import plist
 
@@ -21,6 +21,11 @@ PRK_FORMAT = re.compile(r"^[A-Z0-9]{4}(-[A-Z0-9]{4}){5}$")
 class EscrowActivities:
     def __init__(self, escrow: EscrowStore) -> None:
         self._escrow = escrow
+
+    @activity.defn(name="escrow.has_secret")
+    async def has_secret(self, inp: EscrowQuery) -> bool:
+        """A pre-condition check: only whether one is escrowed, never what it is."""
+        return await self._escrow.current(inp.enrollment_id, inp.kind) is not None
 
     @activity.defn(name="escrow.store_cms")
     async def store_cms(self, inp: EscrowCms) -> EscrowReceipt:

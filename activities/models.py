@@ -126,6 +126,13 @@ class EscrowCms(BaseModel):
     source: str
 
 
+class EscrowQuery(BaseModel):
+    """Is a secret of this kind escrowed for this enrollment (never the secret itself)?"""
+
+    enrollment_id: str
+    kind: str = "prk"
+
+
 class EscrowReceipt(BaseModel):
     secret_id: int
 

@@ -8,7 +8,7 @@ from temporalio import activity
 from temporalio.client import Client
 
 from activities.models import StartRequest, StartSummary
-from starter.starting import start_workflow
+from mdmflow.temporal_calls.starts import start_workflow
 from store.events import EnrollmentRegister
 from store.holds import HoldStore
 

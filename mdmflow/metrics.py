@@ -19,6 +19,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
+from mdmflow.temporal_calls.visibility import fleet_runs_by_status
+
 if TYPE_CHECKING:
     from temporalio.client import Client
     from temporalio.runtime import Runtime
@@ -231,15 +233,11 @@ async def runs_by_status(client: Client) -> dict[str, int]:
     cached = _runs_cache.get(id(client))
     if cached is not None and now - cached[0] < RUNS_CACHE_SECONDS:
         return cached[1]
-    counted = await client.count_workflows(
-        f"WorkflowType = '{FLEET_WORKFLOW_TYPE}' GROUP BY ExecutionStatus",
-        rpc_timeout=timedelta(seconds=2),
-    )
+    counted = await fleet_runs_by_status(client, timedelta(seconds=2))
     by_status = dict.fromkeys(RUN_STATUSES, 0)
-    for group in counted.groups:
-        status = str(group.group_values[0]) if group.group_values else OTHER
+    for status, count in counted.items():
         key = status if status in by_status else OTHER
-        by_status[key] = by_status.get(key, 0) + group.count
+        by_status[key] = by_status.get(key, 0) + count
     _runs_cache.clear()  # one client per process: keep one entry
     _runs_cache[id(client)] = (now, by_status)
     return by_status

@@ -20,11 +20,11 @@ from fastapi.responses import JSONResponse, Response
 from temporalio.service import RPCError
 
 from mdmflow import metrics
+from mdmflow.body import read_body
 from protocol.webhooks import WebhookError, WebhookEvent, parse_webhook
 from relay.inbox import InboxUnavailable
 from relay.routing import Delivery
 from relay.webhook_auth import WebhookAuth
-from starter.body import read_body
 
 log = logging.getLogger("mdmflow.relay")
 

@@ -28,14 +28,13 @@ from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
 from mdmflow import metrics
+from mdmflow.temporal_calls import signals
+from mdmflow.temporal_calls.starts import StartError, start_workflow
+from mdmflow.temporal_calls.visibility import running_for_enrollment, started_since
 from protocol import routing
 from protocol.webhooks import WebhookEvent
-from starter.runs import quote, running_for_enrollment
-from starter.starting import StartError, start_workflow
 from store.events import EnrollmentRegister, Subscription, SubscriptionStore
 from store.holds import HoldStore
-from workflows import search_attributes as sa
-from workflows.fleet import FleetRunWorkflow
 from workflows.models import EnrollmentReset
 from workflows.registry import WORKFLOWS
 
@@ -179,13 +178,7 @@ class EventDispatcher:
         except ValueError:
             seconds = 0
         since = datetime.now(UTC) - timedelta(seconds=seconds)
-        query = (
-            f"{sa.WORKFLOW_NAME.name} = {quote(sub.workflow)} "
-            f"AND {sa.ENROLLMENT_ID.name} = {quote(eid)} "
-            f"AND StartTime > {quote(since.isoformat())}"
-        )
-        count = await self._client.count_workflows(query)
-        return count.count > 0
+        return await started_since(self._client, sub.workflow, eid, since)
 
     async def _reset_running(self, eid: str, reason: Literal["re-enrolled", "checked out"]) -> None:
         """NanoMDM cleared the queue: tell every running run of this enrollment now."""
@@ -203,16 +196,13 @@ class EventDispatcher:
         async def tell(workflow_id: str, run_enrollment: str) -> None:
             told = reset.model_copy(update={"enrollment_id": run_enrollment})
             try:
-                handle = self._client.get_workflow_handle(workflow_id)
-                if (workflow_id, run_enrollment) in fleet:
-                    await handle.signal(FleetRunWorkflow.enrollment_reset, told)
-                else:
-                    await handle.signal("enrollment_reset", told)
-                metrics.inc("enrollment_reset_signalled")
-                log.info("told %r: %r %s", workflow_id, run_enrollment, reason)
-            except RPCError as exc:
-                if exc.status != RPCStatusCode.NOT_FOUND:
-                    raise
+                await signals.enrollment_reset(
+                    self._client, workflow_id, told, fleet=(workflow_id, run_enrollment) in fleet
+                )
+            except signals.RunGone:
+                return  # ended meanwhile: nothing left to tell
+            metrics.inc("enrollment_reset_signalled")
+            log.info("told %r: %r %s", workflow_id, run_enrollment, reason)
 
         # one round trip for all candidates, not one per registered workflow; a run found
         # both ways is told once

@@ -5,7 +5,8 @@ number of relays can run side by side with no shared state. A one-device run get
 ``command_report`` signal per report. A fleet run gets ``command_reports``: reports for
 it that arrive while a signal to it is in flight travel together in the next one, so a
 chunk of a thousand devices answering at once costs a handful of signals, and a report
-that finds no signal in flight is sent at once.
+that finds no signal in flight is sent at once. The signals themselves are
+:mod:`mdmflow.temporal_calls.signals`.
 """
 
 from __future__ import annotations
@@ -17,18 +18,15 @@ from datetime import timedelta
 from typing import Literal, get_args
 
 from temporalio.client import Client
-from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
-from temporalio.exceptions import WorkflowAlreadyStartedError
-from temporalio.service import RPCError, RPCStatusCode
 
 from mdmflow import metrics
+from mdmflow.temporal_calls import signals
+from mdmflow.temporal_calls.signals import RunGone as RunGone
+from mdmflow.temporal_calls.starts import start_command_response
 from protocol import routing
 from protocol.results import CommandReport
 from protocol.webhooks import WebhookEvent
 from relay.events import EventDispatcher
-from workflows.command_response import CommandResponseInput
-from workflows.fleet import FleetRunWorkflow
-from workflows.models import ENGINE_REVISION
 from workflows.registry import BY_CODE, command_response_subscribers
 
 log = logging.getLogger("mdmflow.relay")
@@ -85,10 +83,6 @@ CHECKINS = metrics.labelled_counter(
 class Delivery:
     outcome: Outcome
     workflow_id: str | None = None
-
-
-class RunGone(Exception):
-    """The fleet run is not running (Temporal answered NOT_FOUND): the report is late."""
 
 
 @dataclass
@@ -158,19 +152,16 @@ class FleetSignals:
         return batch
 
     async def _drain(self, workflow_id: str, lane: _Lane) -> None:
-        handle = self._client.get_workflow_handle(workflow_id)
         batch: list[_Waiting] = []
         try:
             while batch := self._next_batch(lane):
                 reports = [w.report for w in batch]
                 error: BaseException | None = None
                 try:
-                    await handle.signal(
-                        FleetRunWorkflow.command_reports, reports, rpc_timeout=SIGNAL_TIMEOUT
+                    await signals.command_reports(
+                        self._client, workflow_id, reports, rpc_timeout=SIGNAL_TIMEOUT
                     )
-                except RPCError as exc:
-                    error = RunGone(workflow_id) if exc.status == RPCStatusCode.NOT_FOUND else exc
-                except Exception as exc:  # e.g. a payload the converter cannot encode
+                except Exception as exc:  # RunGone, Temporal's error, an unencodable payload
                     error = exc
                 if error is None:
                     metrics.inc("webhook_report_batches")
@@ -228,22 +219,11 @@ class Router:
         for wf in command_response_subscribers(report.request_type, report.status):
             if route is not None and route.code == wf.CODE:
                 continue  # its own command: the run itself has the answer
-            workflow_id = (
-                f"acr/{wf.CODE}/{report.enrollment_id}/{report.command_uuid}/{report.status}"
-            )
-            try:
-                await self._client.start_workflow(
-                    "mdmflow.command_response.v1",
-                    CommandResponseInput(
-                        subscriber=wf.NAME, report=report, revision=ENGINE_REVISION
-                    ),
-                    id=workflow_id,
-                    task_queue=self._task_queue,
-                    id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
-                    id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
-                )
+            if await start_command_response(
+                self._client, self._task_queue, wf.NAME, wf.CODE, report
+            ):
                 metrics.inc("all_command_response_started")
-            except WorkflowAlreadyStartedError:
+            else:
                 metrics.inc("all_command_response_duplicate")
 
     async def _route(self, enrollment_id: str, report: CommandReport) -> Delivery:
@@ -263,15 +243,13 @@ class Router:
         if route.chunk is not None:
             return await self._to_fleet(workflow_id, report)
         try:
-            await self._client.get_workflow_handle(workflow_id).signal(
-                "command_report", report, rpc_timeout=SIGNAL_TIMEOUT
+            await signals.command_report(
+                self._client, workflow_id, report, rpc_timeout=SIGNAL_TIMEOUT
             )
-        except RPCError as exc:
-            if exc.status == RPCStatusCode.NOT_FOUND:
-                metrics.inc("webhook_no_running_workflow")
-                log.info("late report %r: %r is not running", report.command_uuid, workflow_id)
-                return Delivery("no_run", workflow_id)
-            raise
+        except RunGone:
+            metrics.inc("webhook_no_running_workflow")
+            log.info("late report %r: %r is not running", report.command_uuid, workflow_id)
+            return Delivery("no_run", workflow_id)
         metrics.inc("webhook_signalled")
         return Delivery("signalled", workflow_id)
 

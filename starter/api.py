@@ -8,6 +8,7 @@ Swagger UI from ``/static/swagger/`` (shipped in ``starter/static``), so it work
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -20,28 +21,29 @@ from fastapi.openapi.docs import get_swagger_ui_html, get_swagger_ui_oauth2_redi
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
+from pydantic_core import to_json
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from temporalio.client import WorkflowQueryFailedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from mdmflow import __version__, metrics
+from mdmflow.body import BodyLimit
+from mdmflow.temporal_calls import controls, runs, visibility
+from mdmflow.temporal_calls.starts import StartError, start_workflow
 from relay.app import webhook_router
 from relay.events import EventDispatcher
 from relay.inbox import DurableRouter, Forwarder, inbox_gauges, render_gauges
 from relay.routing import Router
 from relay.webhook_auth import WebhookAuth
-from starter import controls, runs
 from starter.api_cmdplans import router as cmdplans_router
 from starter.api_escrow import router as escrow_router
 from starter.api_events import router as events_router
 from starter.api_profiles import router as profiles_router
 from starter.api_schedules import router as schedules_router
-from starter.body import BodyLimit
 from starter.codec_server import codec_app
 from starter.deps import AUTH, ERRORS, Services, describe_errors, one_of
-from starter.starting import StartError, start_workflow
-from workflows.models import ControlAction, OnFailure
+from workflows.models import MAX_RETRIES, ControlAction, OnFailure
 from workflows.registry import BY_NAME
 
 log = logging.getLogger("mdmflow.api")
@@ -70,6 +72,15 @@ class StartBody(BaseModel):
     )
     rollback: bool | None = Field(
         default=None, description="undo what the run did when it fails or is cancelled"
+    )
+    retries: int | None = Field(
+        default=None,
+        ge=0,
+        le=MAX_RETRIES,
+        description="automatic retries of a failed step before it fails or suspends",
+    )
+    retry_backoff_seconds: float | None = Field(
+        default=None, gt=0, le=86400, description="first pause before a retry (doubles)"
     )
 
 
@@ -196,6 +207,13 @@ def create_app(
         rollback: Annotated[
             bool | None, Query(description="undo what the run did if it fails or is cancelled")
         ] = None,
+        retries: Annotated[
+            int | None,
+            Query(ge=0, le=MAX_RETRIES, description="automatic retries of a failed step"),
+        ] = None,
+        retry_backoff_seconds: Annotated[
+            float | None, Query(gt=0, le=86400, description="first pause before a retry")
+        ] = None,
         body: Annotated[
             StartBody | None, Body(description="Optional: more IDs (and context) as JSON")
         ] = None,
@@ -206,6 +224,8 @@ def create_app(
             context = context if context is not None else body.context
             on_failure = on_failure or body.on_failure
             rollback = rollback if rollback is not None else body.rollback
+            retries = retries if retries is not None else body.retries
+            retry_backoff_seconds = retry_backoff_seconds or body.retry_backoff_seconds
         try:
             result = await start_workflow(
                 svc().client,
@@ -214,8 +234,10 @@ def create_app(
                 id,
                 context,
                 holds=svc().holds,
-                on_failure=on_failure or "fail",
+                on_failure=on_failure,
                 rollback=bool(rollback),
+                retries=retries or 0,
+                retry_backoff_seconds=retry_backoff_seconds or 60.0,
             )
         except StartError as exc:
             raise HTTPException(status_code=400, detail=str(exc)) from exc
@@ -256,7 +278,7 @@ def create_app(
         device's status (running, paused, suspended, completed, failed, cancelled,
         timed_out), message and current step, newest runs first; the next page's token
         comes in the ``X-Next-Page-Token`` header."""
-        query = runs.build_query(instance_id, id, workflow)
+        query = visibility.build_query(instance_id, id, workflow)
         if not query:
             raise HTTPException(status_code=400, detail="give instance_id, id or workflow")
         try:
@@ -309,10 +331,10 @@ def create_app(
         status = 200 if any(r.accepted for r in results) else 409
         return JSONResponse({"runs": [r.as_dict() for r in results]}, status_code=status)
 
-    async def _query(workflow_id: str, query: str, *args: Any, run_id: str | None = None) -> Any:
-        handle = svc().client.get_workflow_handle(workflow_id, run_id=run_id)
+    async def _answer(workflow_id: str, query: Awaitable[BaseModel]) -> dict[str, Any]:
+        """A run's answer to a query, as JSON exactly as the run gave it."""
         try:
-            return await handle.query(query, args=list(args))
+            answer = await query
         except RPCError as exc:
             if exc.status in (RPCStatusCode.NOT_FOUND, RPCStatusCode.INVALID_ARGUMENT):
                 raise HTTPException(status_code=404, detail=f"no run {workflow_id!r}") from exc
@@ -320,6 +342,9 @@ def create_app(
         except WorkflowQueryFailedError as exc:
             # not a fleet run, an enrollment it does not drive, or it failed to answer
             raise HTTPException(status_code=400, detail=f"{workflow_id!r}: {exc}") from exc
+        # encoded as Temporal's payload converter encodes it: the JSON the run answered
+        doc: dict[str, Any] = json.loads(to_json(answer))
+        return doc
 
     @app.get("/v1/runs/devices", tags=["runs"], dependencies=auth, responses=err)
     async def run_devices(
@@ -328,16 +353,16 @@ def create_app(
         limit: Annotated[int, Query(ge=1, le=500)] = 100,
     ) -> dict[str, Any]:
         """A fleet run's devices, a page at a time (``next_after`` for the next page)."""
-        page = await _query(workflow_id, "states", after, limit)
-        return page if isinstance(page, dict) else dict(page)
+        return await _answer(
+            workflow_id, runs.device_states(svc().client, workflow_id, after, limit)
+        )
 
     @app.get("/v1/runs/summary", tags=["runs"], dependencies=auth, responses=err)
     async def run_summary(
         workflow_id: Annotated[str, Query(min_length=1, description="a fleet run's ID")],
     ) -> dict[str, Any]:
         """A fleet run's devices per status and per current step."""
-        summary = await _query(workflow_id, "summary")
-        return summary if isinstance(summary, dict) else dict(summary)
+        return await _answer(workflow_id, runs.run_summary(svc().client, workflow_id))
 
     @app.get("/v1/runs/state", tags=["runs"], dependencies=auth, responses=err)
     async def run_state(
@@ -351,8 +376,9 @@ def create_app(
     ) -> dict[str, Any]:
         """State of one run (or of one device of a fleet run), running or closed: status,
         message, steps, pending commands, NotNow counts."""
-        state = await _query(workflow_id, "state", *([id] if id is not None else []), run_id=run_id)
-        return state if isinstance(state, dict) else dict(state)
+        return await _answer(
+            workflow_id, runs.run_state(svc().client, workflow_id, id, run_id=run_id)
+        )
 
     return app
 

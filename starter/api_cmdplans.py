@@ -9,7 +9,7 @@ from __future__ import annotations
 from fastapi import APIRouter, HTTPException, Request, Response
 from pydantic import ValidationError
 
-from starter.body import read_body
+from mdmflow.body import read_body
 from starter.deps import AUTH, ERRORS, ErrorBody, ServicesDep, describe_errors
 from store.cmdplans import CmdPlan
 

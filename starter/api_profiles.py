@@ -10,7 +10,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response
 
-from starter.body import read_body
+from mdmflow.body import read_body
 from starter.deps import AUTH, ERRORS, ErrorBody, ServicesDep
 from store.profiles import ProfileError, ProfileInfo
 

@@ -7,9 +7,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, HTTPException, Response
 from fastapi import Path as PathParam
 
-from starter import schedules
+from mdmflow.temporal_calls import schedules
+from mdmflow.temporal_calls.schedules import ScheduleError, ScheduleNotFound, ScheduleRequest
 from starter.deps import AUTH, ERRORS, ServicesDep, one_of
-from starter.schedules import ScheduleError, ScheduleNotFound, ScheduleRequest
 
 router = APIRouter(tags=["schedules"], dependencies=AUTH, responses=ERRORS)
 

@@ -40,6 +40,10 @@ def cmd_start(args: argparse.Namespace) -> int:
         params.append(("on_failure", args.on_failure))
     if args.rollback:
         params.append(("rollback", "true"))
+    if args.retries:
+        params.append(("retries", args.retries))
+    if args.retry_backoff:
+        params.append(("retry_backoff_seconds", args.retry_backoff))
     with api_client(args) as c:
         resp = c.post(f"/v1/workflow/{args.workflow}/start", params=params)
         code = print_response(resp)
@@ -135,6 +139,18 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.add_argument(
         "--rollback", action="store_true", help="undo what the run did if it fails or is cancelled"
+    )
+    p.add_argument(
+        "--retries",
+        type=int,
+        default=0,
+        help="automatic retries of a failed step, under new CommandUUIDs (0..10; default 0)",
+    )
+    p.add_argument(
+        "--retry-backoff",
+        type=float,
+        default=None,
+        help="seconds before the first automatic retry, doubling (default 60)",
     )
     add_api_options(p)
     p.set_defaults(func=cmd_start)

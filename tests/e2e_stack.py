@@ -22,15 +22,15 @@ from temporalio.exceptions import ApplicationError
 from activities.mdm_server import make_client
 from bench.servers import RestartableServer
 from escrow.sealing import load_master_key
+from mdmflow.services import Services
+from mdmflow.temporal_calls.starts import chunk_size_from_env
+from mdmflow.temporal_calls.visibility import quote
 from mdmflow.temporal_server import DevServer
 from protocol import routing
 from relay.webhook_auth import WebhookAuth
 from simulator.app import create_app as create_sim_app
 from simulator.fleet import Fleet, FleetConfig
 from starter.api import create_app
-from starter.deps import Services
-from starter.runs import quote
-from starter.starting import chunk_size_from_env
 from store.db import open_engine
 from worker import build_worker
 from workflows import search_attributes as sa

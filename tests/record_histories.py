@@ -139,6 +139,7 @@ async def main() -> None:
             holds.release,
             *stored.activities(),
             escrow.store_cms,
+            escrow.has_secret,
         ],
         workflow_runner=SandboxedWorkflowRunner(
             restrictions=SandboxRestrictions.default.with_passthrough_modules(*PASSTHROUGH)

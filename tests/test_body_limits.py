@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 import httpx
 from fastapi import FastAPI, Request
 
-from starter.body import DEFAULT_LIMIT, MIB, BodyLimit, limit_for
+from mdmflow.body import DEFAULT_LIMIT, MIB, BodyLimit, limit_for
 
 
 def app() -> FastAPI:

@@ -28,11 +28,11 @@ import pytest
 
 from bench.servers import RestartableServer
 from escrow.sealing import load_master_key
+from mdmflow.services import Services
 from mdmflow.temporal_client import connect
 from mdmflow.temporal_server import DevServer, free_port
 from protocol import routing
 from starter.api import create_app
-from starter.deps import Services
 from store.db import open_engine
 from tests.conftest import TEST_CONVERTER
 from workflows.inventory import InventoryWorkflow

@@ -196,3 +196,66 @@ async def test_the_web_ui_tells_the_story(e2e: E2E) -> None:
     assert cancelled.status_code == 200
     for eid in ids:
         e2e.fleet.set_behaviour(eid, DeviceBehaviour())
+
+
+def refused_by_devices(identifier: str, uuid: str) -> bytes:
+    """A profile the store takes but a device refuses (a payload without a PayloadType)."""
+    import plistlib
+
+    return plistlib.dumps(
+        {
+            "PayloadContent": [{"PayloadIdentifier": f"{identifier}.p", "PayloadUUID": uuid}],
+            "PayloadDisplayName": identifier,
+            "PayloadIdentifier": identifier,
+            "PayloadType": "Configuration",
+            "PayloadUUID": uuid[::-1],
+            "PayloadVersion": 1,
+        }
+    )
+
+
+async def test_a_refused_second_profile_rolls_the_first_back(e2e: E2E) -> None:
+    await put_profile(
+        e2e, "rb-good", mobileconfig("com.example.rb.good", "66666666-AAAA-4AAA-8AAA-666666666666")
+    )
+    await put_profile(
+        e2e,
+        "rb-bad",
+        refused_by_devices("com.example.rb.bad", "77777777-BBBB-4BBB-8BBB-777777777777"),
+    )
+    (eid,) = await e2e.enroll(1)
+    started = (
+        await e2e.api.post(
+            f"/v1/workflow/{PROFILE}/start",
+            params={"id": eid, "context": "rb-good,rb-bad", "rollback": "true"},
+        )
+    ).json()
+    e2e.note_started(PROFILE, started, [eid])
+    result = await e2e.result(PROFILE, eid)
+    assert result["status"] == "failed", result
+    profiles = e2e.fleet.device_state(eid)["profiles"]
+    assert "com.example.rb.good" not in profiles and "com.example.rb.bad" not in profiles
+    state = await e2e.state(PROFILE, eid)
+    undo = [s for s in state["steps"] if s["name"].startswith("undo")]
+    assert [s["name"] for s in undo] == ["undo install rb-good"]
+    assert undo[0]["status"] == "completed"
+
+
+async def test_an_automatic_retry_asked_at_start_mends_a_passing_error(e2e: E2E) -> None:
+    (eid,) = await e2e.enroll(1)
+    e2e.fleet.set_behaviour(eid, DeviceBehaviour(errors={"DeviceLock": REFUSE}))
+    started = (
+        await e2e.api.post(
+            f"/v1/workflow/{LOCK}/start",
+            params={"id": eid, "retries": "1", "retry_backoff_seconds": "2"},
+        )
+    ).json()
+    e2e.note_started(LOCK, started, [eid])
+    deadline = asyncio.get_running_loop().time() + 30
+    while "retry 1 of 1" not in ((await e2e.state(LOCK, eid)).get("control") or ""):
+        assert asyncio.get_running_loop().time() < deadline
+        await asyncio.sleep(0.05)
+    e2e.fleet.set_behaviour(eid, DeviceBehaviour())  # the device's trouble passes
+    assert (await e2e.result(LOCK, eid))["status"] == "completed"
+    bad = await e2e.api.post(f"/v1/workflow/{LOCK}/start", params={"id": eid, "retries": "99"})
+    assert bad.status_code == 400 and "retries" in bad.json()["error"]

@@ -138,7 +138,7 @@ async def test_worker_killed_mid_step_is_replaced_and_the_step_completes(
     def spawn() -> subprocess.Popen[bytes]:
         return subprocess.Popen([sys.executable, "-m", "mdmflow", "worker"], env=env)
 
-    from starter.starting import start_workflow
+    from mdmflow.temporal_calls.starts import start_workflow
 
     first = spawn()
     try:

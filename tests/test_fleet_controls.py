@@ -346,3 +346,32 @@ async def start_inventory(h: Harness, ids: list[str]) -> FleetHandle:
         id=routing.fleet_workflow_id(InventoryWorkflow.NAME, instance, 0),
         task_queue=h.queue,
     )
+
+
+async def test_a_failed_step_is_retried_automatically_then_suspends(h: Harness) -> None:
+    (eid,) = ids = [enrollment()]
+    handle = await start(h, ids, on_failure="suspend", retries=2, retry_backoff_seconds=0.3)
+    for attempt in range(3):  # the first send and two automatic retries
+        await h.mdm.wait_sent(attempt + 1)
+        await answer(h, handle, eid, "Error")
+    await eventually(lambda: _status_is(handle, eid, "suspended"))
+    sent = sent_to(h, eid)
+    assert len(sent) == 3 and len(set(sent)) == 3  # each retry under a new UUID
+    assert (await state(handle, eid)).steps[0].commands[0].reissued_as == sent[1:]
+    await control(handle, "abort")
+    result = await outcome(handle)
+    assert result.status == "failed"
+
+
+async def test_an_automatic_retry_mends_a_passing_error_without_an_operator(h: Harness) -> None:
+    (eid,) = ids = [enrollment()]
+    handle = await start(h, ids, retries=1, retry_backoff_seconds=0.2)
+    await h.mdm.wait_sent(1)
+    await answer(h, handle, eid, "Error")
+    mid = await state(handle, eid)
+    await h.mdm.wait_sent(2)
+    assert mid.status == "running"
+    await answer(h, handle, eid)
+    await h.mdm.wait_sent(3)
+    await answer(h, handle, eid)
+    assert (await outcome(handle)).status == "completed"

@@ -28,6 +28,7 @@ from activities.mdm_server import NanoMdmClient, TransientMdmError
 from activities.models import FleetSendInput, QueuedCommand, SendStepInput
 from bench.servers import RestartableServer
 from mdmflow import metrics
+from mdmflow.services import Services
 from mdmflow.temporal_client import connect
 from mdmflow.temporal_server import DevServer, free_port
 from protocol import plist
@@ -38,7 +39,6 @@ from relay.webhook_auth import WebhookAuth
 from simulator.app import create_app as simulator_app
 from simulator.fleet import Fleet, FleetConfig
 from starter.api import create_app
-from starter.deps import Services
 from starter.server import api_sdk_metrics
 from worker import metrics_runtime, serve_own_metrics
 

@@ -18,10 +18,10 @@ import httpx
 import pytest
 from temporalio.client import WorkflowFailureError
 
+from mdmflow.temporal_calls.starts import StartResult, start_workflow
 from mdmflow.temporal_server import free_port
 from protocol import routing
 from simulator.fleet import DeviceBehaviour
-from starter.starting import StartResult, start_workflow
 from tests.e2e_stack import E2E, ended
 
 LOCK = "io.micromdm.wf.lock.v1"

@@ -23,12 +23,12 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxR
 from activities.holds import HoldActivities
 from bench.servers import RestartableServer
 from mdmflow import metrics
+from mdmflow.services import Services
 from protocol import plist, routing
 from relay.events import EVENTS
 from relay.hmac_check import sign
 from relay.webhook_auth import WebhookAuth
 from starter.api import create_app
-from starter.deps import Services
 from tests.conftest import FIXTURES
 from tests.workflow_harness import RecordingInventory, RecordingMdm, enrollment
 from worker import PASSTHROUGH

@@ -9,10 +9,10 @@ import logging
 import pytest
 
 from mdmflow import metrics
+from mdmflow.temporal_calls.visibility import quote
 from protocol import plist
 from protocol.webhooks import parse_webhook
 from relay.routing import Router
-from starter.runs import quote
 
 
 def checkin(message_type: str) -> bytes:

@@ -13,10 +13,10 @@ from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from activities.holds import HoldActivities
+from mdmflow.temporal_calls.starts import start_workflow
 from protocol import plist, routing
 from protocol.webhooks import parse_webhook
 from relay.routing import Router
-from starter.starting import start_workflow
 from store.holds import HoldStore
 from tests.simultaneous_workflow import SimultaneousWorkflow
 from tests.workflow_harness import RecordingMdm, enrollment

@@ -154,6 +154,7 @@ async def stories_on(env: WorkflowEnvironment) -> AsyncIterator[Stories]:
             h.holds.release,
             *h.stored.activities(),
             h.escrow.store_cms,
+            h.escrow.has_secret,
         ],
         workflow_runner=SandboxedWorkflowRunner(
             restrictions=SandboxRestrictions.default.with_passthrough_modules(*PASSTHROUGH)
@@ -543,3 +544,14 @@ async def test_fvrotate_device_error_and_skip(h: Stories) -> None:
     assert result.status == "completed" and "not rotated" in result.message
     assert "escrowed (#" not in result.message
     assert h.escrow.stored == []
+
+
+async def test_fvrotate_without_an_escrowed_key_fails_before_sending(h: Stories) -> None:
+    """The pre-condition: no escrowed key, nothing reaches the device."""
+    h.escrow.has_keys = False
+    dev = await h.device(FileVaultRotateWorkflow.NAME)
+    result = await outcome(dev.handle)
+    assert result.status == "failed" and "run io.micromdm.wf.fvenable.v1 first" in result.message
+    assert (await dev.state()).failure_type == "BadInput"
+    assert h.escrow.asked == [dev.eid]
+    assert [s for s in h.mdm.sent if s.enrollment_id == dev.eid] == []

@@ -22,6 +22,7 @@ from activities.models import (
     CmdPlanResult,
     DeviceInfoLogEntry,
     EscrowCms,
+    EscrowQuery,
     EscrowReceipt,
     FleetSendInput,
     FleetSendResult,
@@ -191,12 +192,20 @@ class RecordingEscrow:
     def __init__(self, first: int = 7) -> None:
         self.stored: list[EscrowCms] = []
         self.next_id = first
+        self.has_keys = True
+        self.asked: list[str] = []
 
     @activity.defn(name="escrow.store_cms")
     async def store_cms(self, inp: EscrowCms) -> EscrowReceipt:
         self.stored.append(inp)
         self.next_id += 1
         return EscrowReceipt(secret_id=self.next_id - 1)
+
+    @activity.defn(name="escrow.has_secret")
+    async def has_secret(self, inp: EscrowQuery) -> bool:
+        """Every device has a key escrowed unless ``has_keys`` is turned off."""
+        self.asked.append(inp.enrollment_id)
+        return self.has_keys
 
 
 def report(

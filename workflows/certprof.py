@@ -69,8 +69,8 @@ class CertProfWorkflow(MdmWorkflow):
             return self.finish("failed", f"bad context (needs profile and filter): {exc}")
 
         listed = await self.step("list", [certificate_list(managed_only=not ctx.no_managed_only)])
-        if listed.incomplete or listed.errors:
-            return self.finish("timed_out" if listed.timed_out else "failed", listed.describe())
+        if (end := self.ended(listed)) is not None:
+            return end
         answer = listed.results[0]
         # a skipped list has no answer: the device reads as having no certificates
         certs = [] if answer is None else typed(answer, CertificateListResponse).certificate_list
@@ -99,10 +99,8 @@ class CertProfWorkflow(MdmWorkflow):
         step = await self.step(
             "install", [install_stored_profile(ctx.profile, ctx.text_replacements)]
         )
-        if step.timed_out:
-            return self.finish("timed_out", step.describe())
-        if step.reset or step.errors:
-            return self.finish("failed", step.describe())
+        if (end := self.ended(step)) is not None:
+            return end
         if step.skipped:
             return self.finish(
                 "completed",

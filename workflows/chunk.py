@@ -329,6 +329,7 @@ class Chunk:
         if dev._checked_out:
             return self._outcome(dev, record, timed_out=False, reset="checked out")
         items = [_Item(i, c) for i, c in enumerate(commands)]
+        retried = 0
         while True:
             failed = await self._send(dev, record, items, deadline)
             timed_out, reset = False, None
@@ -339,7 +340,22 @@ class Chunk:
                     reset = dev._reset.reason if dev._reset else "reset"
                 timed_out = ended == "timed_out"
             problem = self._problem(dev, failed, timed_out, reset)
-            if problem is None:
+            if problem is not None and retried < dev.input.retries:
+                # a bounded automatic retry first, after a doubling pause (the clock)
+                retried += 1
+                delay = dev.input.retry_backoff_seconds * 2 ** (retried - 1)
+                dev._state.control = (
+                    f"retry {retried} of {dev.input.retries} of step {record.name!r} in "
+                    f"{delay:g} s: {problem}"
+                )
+                self.progressed = True
+                await self._wait(dev, lambda: False, workflow.now() + timedelta(seconds=delay))
+                dev._state.control = None
+                items = self._retry_items(dev, record, commands)
+                deadline = workflow.now() + dev._step_timeout(timeout)
+                record.deadline = deadline
+                continue
+            if problem is None or dev.on_failure != "suspend":
                 if failed is not None:
                     raise _enqueue_failed(record, failed)
                 return self._outcome(dev, record, timed_out=timed_out, reset=reset)
@@ -363,8 +379,8 @@ class Chunk:
     def _problem(
         self, dev: MdmWorkflow, failed: str | None, timed_out: bool, reset: str | None
     ) -> str | None:
-        """Why the step needs an operator (suspend on failure), or None."""
-        if dev.input.on_failure != "suspend" or dev._compensating or reset is not None:
+        """Why the step failed in a way a retry or an operator can mend, or None."""
+        if dev._compensating or reset is not None:
             return None
         if failed is not None:
             return f"the MDM server did not take the commands: {failed}"

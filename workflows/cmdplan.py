@@ -92,10 +92,8 @@ class CmdPlanWorkflow(MdmWorkflow):
             return self.finish("completed", f"plan {inp.context!r} has nothing to send")
 
         step = await self.step("plan", commands)
-        if step.timed_out:
-            return self.finish("timed_out", step.describe())
-        if step.reset:
-            return self.finish("failed", step.describe())
+        if (end := self.interrupted(step)) is not None:
+            return end
         acked = [r is not None and r.status == "Acknowledged" for r in step.results]
         installed = [n for n, ok in zip(plan.profile_names, acked, strict=False) if ok]
         if inp.rollback and stored is not None:

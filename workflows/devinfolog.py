@@ -35,10 +35,8 @@ class DevInfoLogWorkflow(MdmWorkflow):
     async def run(self, inp: WorkflowInput) -> RunResult:
         self.begin(inp)
         step = await self.step("devinfo", [device_information()])
-        if step.timed_out:
-            return self.finish("timed_out", step.describe())
-        if step.reset:
-            return self.finish("failed", step.describe())
+        if (end := self.interrupted(step)) is not None:
+            return end
         report = step.results[0]
         if step.skipped and report is None:
             return self.finish("completed", "step 'devinfo' skipped by an operator: nothing logged")

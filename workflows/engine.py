@@ -51,6 +51,7 @@ with workflow.unsafe.imports_passed_through():
         CommandProgress,
         EnrollmentReset,
         FailureType,
+        OnFailure,
         RunResult,
         RunState,
         RunStatus,
@@ -114,6 +115,12 @@ class MdmWorkflow:
     EXCLUSIVE: ClassVar[bool] = True
     DEFAULT_STEP_TIMEOUT: ClassVar[timedelta | None] = None
     REPUSH_SCHEDULE: ClassVar[tuple[timedelta, ...]] = REPUSH_SCHEDULE
+    # What a failed step does unless the start says otherwise (fleet runs): "fail" ends
+    # the run, "suspend" waits for an operator's retry, skip or abort.
+    ON_FAILURE: ClassVar[OnFailure] = "fail"
+    # Devices per fleet run at most (below MDMFLOW_FLEET_CHUNK when a workflow's devices
+    # drift apart and stop sharing sends, so its histories stay small).
+    MAX_CHUNK: ClassVar[int] = 1000
     # What a waiting step does when the device re-enrolls and its queue is cleared.
     ON_ENROLLMENT_RESET: ClassVar[Literal["fail", "restart"]] = "fail"
     # RequestTypes whose answers this workflow wants even when other workflows sent them
@@ -188,6 +195,29 @@ class MdmWorkflow:
             instance_id=self.input.instance_id,
         )
 
+    def ended(self, step: StepOutcome) -> RunResult | None:
+        """End the run when a step went wrong, the same way in every workflow.
+
+        Timed out → ``timed_out``; the enrollment re-enrolled or checked out, or the device
+        answered Error or CommandFormatError → ``failed``, with the step's own sentence
+        (the error chain). None when the step succeeded (or an operator skipped it).
+        """
+        if (end := self.interrupted(step)) is not None:
+            return end
+        if step.errors:
+            return self.finish("failed", step.describe())
+        return None
+
+    def interrupted(self, step: StepOutcome) -> RunResult | None:
+        """End the run when a step never got its answers: timed out (``timed_out``) or the
+        enrollment re-enrolled or checked out (``failed``). Device errors are left to the
+        workflow (inventory stores what was answered first; fvenable polls on)."""
+        if step.timed_out:
+            return self.finish("timed_out", step.describe())
+        if step.reset is not None:
+            return self.finish("failed", step.describe())
+        return None
+
     def _failure_type(self, status: RunStatus) -> FailureType:
         """Why the run failed, read from its last step (for the Temporal failure type)."""
         if status == "timed_out":
@@ -202,6 +232,11 @@ class MdmWorkflow:
         if any(c.error for c in last.commands):
             return "DeviceError"
         return "WorkflowFailed"
+
+    @property
+    def on_failure(self) -> OnFailure:
+        """The start's choice, else the workflow's default."""
+        return self.input.on_failure or self.ON_FAILURE
 
     def add_undo(self, name: str, commands: Sequence[Command]) -> None:
         """Register how to undo what just happened (run newest-first on rollback)."""

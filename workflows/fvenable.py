@@ -49,6 +49,9 @@ class PollContext(BaseModel):
 class FileVaultEnableWorkflow(MdmWorkflow):
     NAME = "io.micromdm.wf.fvenable.v1"
     CODE = "fve"
+    # up to 180 polls a device; devices drift apart over time, each poll round then
+    # costs more sends: smaller chunks keep a run's history well inside Temporal's limits
+    MAX_CHUNK = 250
 
     @workflow.run
     async def run(self, inp: WorkflowInput) -> RunResult:
@@ -58,10 +61,8 @@ class FileVaultEnableWorkflow(MdmWorkflow):
         except (ValueError, ValidationError) as exc:
             return self.finish("failed", f"bad context: {exc}")
         install = await self.step("install", [install_escrow_profile()])
-        if install.timed_out:
-            return self.finish("timed_out", install.describe())
-        if install.reset or install.errors:
-            return self.finish("failed", install.describe())
+        if (end := self.ended(install)) is not None:
+            return end
         skipped = " (escrow profile install skipped)" if install.skipped else ""
 
         for _ in range(ctx.max_polls):
@@ -70,10 +71,8 @@ class FileVaultEnableWorkflow(MdmWorkflow):
                 [security_info()],
                 not_until=workflow.now() + timedelta(seconds=ctx.poll_seconds),
             )
-            if poll.timed_out:
-                return self.finish("timed_out", poll.describe())
-            if poll.reset:
-                return self.finish("failed", poll.describe())
+            if (end := self.interrupted(poll)) is not None:
+                return end
             report = poll.results[0]
             if report is None or report.status != "Acknowledged":
                 continue  # NanoCMD keeps polling through errors too (and skipped polls)

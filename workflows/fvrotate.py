@@ -6,9 +6,10 @@ Commands that reach the device, in one step:
      send activity, so no key enters workflow history.
 The new key is decrypted and escrowed; the previous one is kept (superseded).
 
-Pre-condition: an escrowed key to unlock with. It is checked where the key is read, in
-the send activity's ``current_prk`` fill: with no escrowed key the run fails before
-anything reaches the device.
+Pre-condition (``precondition``): an escrowed key to unlock with. Checked before the
+step (``escrow.has_secret``, which answers yes or no, never the key), so a device with no
+escrowed key fails at once, ``BadInput``, with nothing sent; the send activity's
+``current_prk`` fill checks again where the key is read.
 On error: a device Error (e.g. the escrowed key is wrong) fails the run with the error
 chain (typed DeviceError), the escrowed key unchanged; a timeout ends it ``timed_out``;
 a re-enrollment or CheckOut fails it; an acknowledgement without a new key fails it.
@@ -23,10 +24,14 @@ from __future__ import annotations
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
+    from activities.models import EscrowQuery
     from protocol.commands import rotate_filevault_key
     from workflows.engine import MdmWorkflow
     from workflows.escrowing import escrow_recovery_key
-    from workflows.models import RunResult, WorkflowInput
+    from workflows.models import FLEET_REVISION, RunResult, WorkflowInput
+
+# Runs started as fleet runs check the escrowed key before the step.
+PRECHECK_REVISION = FLEET_REVISION
 
 
 @workflow.defn(name="io.micromdm.wf.fvrotate.v1")
@@ -34,9 +39,28 @@ class FileVaultRotateWorkflow(MdmWorkflow):
     NAME = "io.micromdm.wf.fvrotate.v1"
     CODE = "fvr"
 
+    async def precondition(self) -> str | None:
+        """Why the rotation cannot start, or None: no escrowed key to unlock with."""
+        if self.input.revision < PRECHECK_REVISION:
+            return None  # runs from before fleet runs: the send's fill checks it
+        escrowed = await self.activity(
+            "escrow.has_secret",
+            EscrowQuery(enrollment_id=self.input.enrollment_id, kind="prk"),
+            result_type=bool,
+            summary="is a recovery key escrowed?",
+        )
+        if escrowed:
+            return None
+        return (
+            f"no FileVault recovery key escrowed for {self.input.enrollment_id}: "
+            "run io.micromdm.wf.fvenable.v1 first"
+        )
+
     @workflow.run
     async def run(self, inp: WorkflowInput) -> RunResult:
         self.begin(inp)
+        if (problem := await self.precondition()) is not None:
+            return self.finish("failed", problem, "BadInput")
         step = await self.step("rotate", [rotate_filevault_key()])
         if step.timed_out:
             return self.finish("timed_out", step.describe())

@@ -89,10 +89,8 @@ class InventoryWorkflow(MdmWorkflow):
     async def run(self, inp: WorkflowInput) -> RunResult:
         self.begin(inp)
         step = await self.step("inventory", [device_information(), security_info()])
-        if step.timed_out:
-            return self.finish("timed_out", step.describe())
-        if step.reset:
-            return self.finish("failed", step.describe())
+        if (end := self.interrupted(step)) is not None:
+            return end
 
         values: dict[str, Any] = {}
         source = []

@@ -61,10 +61,8 @@ class LockWorkflow(MdmWorkflow):
         except ValidationError as exc:
             return self.finish("failed", f"bad context: {exc.errors()[0]['msg']}")
         step = await self.step("lock", [device_lock(ctx.message, ctx.phone_number)])
-        if step.timed_out:
-            return self.finish("timed_out", step.describe())
-        if step.reset or step.errors:
-            return self.finish("failed", step.describe())
+        if (end := self.ended(step)) is not None:
+            return end
         if step.skipped:
             return self.finish(
                 "completed",

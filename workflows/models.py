@@ -43,6 +43,11 @@ def check_revision(revision: int) -> None:
         )
 
 
+OnFailure = Literal["fail", "suspend"]
+# Automatic retries of a failed step a start may ask for.
+MAX_RETRIES = 10
+
+
 class WorkflowInput(BaseModel):
     enrollment_id: str
     instance_id: str
@@ -56,8 +61,13 @@ class WorkflowInput(BaseModel):
     # Set by the starter to ENGINE_REVISION; inputs recorded before revisions existed
     # decode as 1.
     revision: int = 1
-    # Fleet runs: what a failed step does ("suspend": wait for retry, skip or abort).
-    on_failure: OnFailure = "fail"
+    # Fleet runs: what a failed step does ("suspend": wait for retry, skip or abort);
+    # None: the workflow's default (``MdmWorkflow.ON_FAILURE``).
+    on_failure: OnFailure | None = None
+    # Fleet runs: automatic retries of a failed step (under new CommandUUIDs) before it
+    # fails or suspends, after retry_backoff_seconds, doubling each time.
+    retries: int = Field(default=0, ge=0, le=MAX_RETRIES)
+    retry_backoff_seconds: PositiveFloat = 60.0
     # Undo what the run did when it fails, is aborted or cancelled (profile, cmdplan).
     rollback: bool = False
 
@@ -167,7 +177,6 @@ FailureType = Literal[
     "BadInput",
     "WorkflowFailed",
 ]
-OnFailure = Literal["fail", "suspend"]
 
 
 class RunState(BaseModel):
@@ -209,7 +218,9 @@ class FleetInput(BaseModel):
     step_timeout_seconds: float | None = None
     repush_after_seconds: list[PositiveFloat] | None = None
     revision: int = FLEET_REVISION
-    on_failure: OnFailure = "fail"
+    on_failure: OnFailure | None = None
+    retries: int = Field(default=0, ge=0, le=MAX_RETRIES)
+    retry_backoff_seconds: PositiveFloat = 60.0
     rollback: bool = False
 
     def device_input(self, enrollment_id: str) -> WorkflowInput:
@@ -222,6 +233,8 @@ class FleetInput(BaseModel):
             repush_after_seconds=self.repush_after_seconds,
             revision=self.revision,
             on_failure=self.on_failure,
+            retries=self.retries,
+            retry_backoff_seconds=self.retry_backoff_seconds,
             rollback=self.rollback,
         )
 

@@ -127,8 +127,8 @@ class ProfileWorkflow(MdmWorkflow):
         }
 
         listed = await self.step("list", [profile_list(managed_only=True)])
-        if listed.incomplete or listed.errors:
-            return self.finish("timed_out" if listed.timed_out else "failed", listed.describe())
+        if (end := self.ended(listed)) is not None:
+            return end
         on_device = profiles_on(listed)
 
         commands: list[Command] = []

@@ -1,4 +1,5 @@
-"""Look up runs by instance or enrollment: Temporal's visibility store and the run holds.
+"""What runs are doing: a run's or device's state, a fleet run's summary and device
+pages, and listings with one item per device run.
 
 A fleet run drives many enrollments but carries no per-device search attribute (a
 thousand IDs do not fit one); the store's holds say which running fleet run drives a
@@ -20,55 +21,42 @@ from temporalio.client import (
 from temporalio.service import RPCError
 
 from activities.models import DeviceOutcome
+from mdmflow.temporal_calls.visibility import describe
 from store.holds import HoldStore
-from workflows import search_attributes as sa
-from workflows.fleet import ENDED, FLEET_WORKFLOW, FleetRunWorkflow
-from workflows.models import RunState
-
-
-def quote(value: str) -> str:
-    """A visibility-query string literal: every value from outside goes through here."""
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
-def build_query(instance_id: str | None, enrollment_id: str | None, workflow: str | None) -> str:
-    clauses = []
-    if instance_id:
-        clauses.append(f"{sa.INSTANCE_ID.name} = {quote(instance_id)}")
-    if enrollment_id:
-        clauses.append(f"{sa.ENROLLMENT_ID.name} = {quote(enrollment_id)}")
-    if workflow:
-        clauses.append(f"{sa.WORKFLOW_NAME.name} = {quote(workflow)}")
-    return " AND ".join(clauses)
-
-
-def describe(execution: WorkflowExecution) -> dict[str, Any]:
-    attrs = execution.typed_search_attributes
-    status = execution.status.name.lower() if execution.status is not None else "unknown"
-    return {
-        "workflow_id": execution.id,
-        "run_id": execution.run_id,
-        # a fleet run shows the MDM workflow it runs, as a one-device run does
-        "workflow": attrs.get(sa.WORKFLOW_NAME) or execution.workflow_type,
-        "fleet": execution.workflow_type == FLEET_WORKFLOW,
-        "enrollment_id": attrs.get(sa.ENROLLMENT_ID),
-        "instance_id": attrs.get(sa.INSTANCE_ID),
-        "status": status,
-        "current_step": attrs.get(sa.CURRENT_STEP),
-        "start_time": execution.start_time.isoformat() if execution.start_time else None,
-        "close_time": execution.close_time.isoformat() if execution.close_time else None,
-    }
-
-
-async def list_runs(client: Client, query: str, limit: int = 1000) -> list[dict[str, Any]]:
-    runs = []
-    async for execution in client.list_workflows(query, limit=limit):
-        runs.append(describe(execution))
-    return runs
-
+from workflows.engine import MdmWorkflow
+from workflows.fleet import ENDED, FleetRunWorkflow
+from workflows.models import DeviceStatesPage, FleetSummary, RunState
 
 # Runs read from visibility per request page (devices of a fleet run are paged inside).
 VISIBILITY_PAGE = 100
+
+
+async def run_state(
+    client: Client, workflow_id: str, enrollment_id: str | None = None, *, run_id: str | None = None
+) -> RunState:
+    """A run's state, or one device's in a fleet run; running or closed.
+
+    Without an enrollment the question is the one both a one-device run started before
+    fleet runs and a fleet run of one device answer (the same query name, ``state``).
+    """
+    handle = client.get_workflow_handle(workflow_id, run_id=run_id)
+    if enrollment_id is None:
+        return await handle.query(MdmWorkflow.query_state)
+    return await handle.query(FleetRunWorkflow.state, enrollment_id)
+
+
+async def device_states(
+    client: Client, workflow_id: str, after: str | None, limit: int, *, run_id: str | None = None
+) -> DeviceStatesPage:
+    """A page of a fleet run's per-device states, in enrollment order after ``after``."""
+    handle = client.get_workflow_handle_for(FleetRunWorkflow.run, workflow_id, run_id=run_id)
+    return await handle.query(FleetRunWorkflow.states, args=[after, limit])
+
+
+async def run_summary(client: Client, workflow_id: str) -> FleetSummary:
+    """A fleet run's devices per status and per current step."""
+    handle = client.get_workflow_handle_for(FleetRunWorkflow.run, workflow_id)
+    return await handle.query(FleetRunWorkflow.summary)
 
 
 def _encode_token(vis: bytes | None, skip: int, after: str | None) -> str:
@@ -135,14 +123,15 @@ async def _expand(
             outcomes = outcomes[:size]
             items = [_outcome_item(base, o) for o in outcomes]
             return items, outcomes[-1].enrollment_id if more else None
-    handle = client.get_workflow_handle_for(
-        FleetRunWorkflow.run, execution.id, run_id=execution.run_id
-    )
     try:
         if base["enrollment_id"]:  # a run of one device
-            state = await handle.query(FleetRunWorkflow.state, base["enrollment_id"])
+            state = await run_state(
+                client, execution.id, base["enrollment_id"], run_id=execution.run_id
+            )
             return [_device_item(base, state)], None
-        page = await handle.query(FleetRunWorkflow.states, args=[after, min(room, 500)])
+        page = await device_states(
+            client, execution.id, after, min(room, 500), run_id=execution.run_id
+        )
     except (RPCError, WorkflowQueryFailedError):
         return [base], None
     return [_device_item(base, s) for s in page.states], page.next_after
@@ -233,28 +222,10 @@ async def held_runs(
             "close_time": None,
         }
         try:
-            state = await client.get_workflow_handle_for(
-                FleetRunWorkflow.run, hold.workflow_id
-            ).query(FleetRunWorkflow.state, enrollment_id)
+            state = await run_state(client, hold.workflow_id, enrollment_id)
         except (RPCError, WorkflowQueryFailedError):
             pass  # the run ended a moment ago, or cannot answer: the hold says enough
         else:
             entry = _device_item(entry, state)
         found.append(entry)
-    return found
-
-
-async def running_for_enrollment(client: Client, device_id: str) -> list[tuple[str, str]]:
-    """(workflow ID, enrollment ID) of running MDM runs of a device and its user channels."""
-    q = quote(device_id)
-    prefix = quote(device_id + ":")
-    query = (
-        f"({sa.ENROLLMENT_ID.name} = {q} OR {sa.ENROLLMENT_ID.name} STARTS_WITH {prefix}) "
-        "AND ExecutionStatus = 'Running'"
-    )
-    found = []
-    async for execution in client.list_workflows(query):
-        eid = execution.typed_search_attributes.get(sa.ENROLLMENT_ID)
-        if eid:
-            found.append((execution.id, eid))
     return found

@@ -21,10 +21,10 @@ from typing import Any
 from temporalio.client import Client, WorkflowUpdateFailedError
 from temporalio.service import RPCError, RPCStatusCode
 
-from starter.runs import quote
+from mdmflow.temporal_calls.runs import run_summary
+from mdmflow.temporal_calls.visibility import running_fleet_runs
 from store.holds import HoldStore
-from workflows import search_attributes as sa
-from workflows.fleet import CONTROL_MAX_IDS, FLEET_WORKFLOW, FleetRunWorkflow
+from workflows.fleet import CONTROL_MAX_IDS, FleetRunWorkflow
 from workflows.models import ControlAction, ControlRequest
 
 log = logging.getLogger("mdmflow.controls")
@@ -84,15 +84,8 @@ async def select_runs(
         return chosen
     if not (instance_id or workflow):
         raise ControlError("choose runs: workflow_id, or instance_id, workflow or id")
-    clauses = [f"WorkflowType = {quote(FLEET_WORKFLOW)}", "ExecutionStatus = 'Running'"]
-    if instance_id:
-        clauses.append(f"{sa.INSTANCE_ID.name} = {quote(instance_id)}")
-    if workflow:
-        clauses.append(f"{sa.WORKFLOW_NAME.name} = {quote(workflow)}")
-    return {
-        execution.id: None
-        async for execution in client.list_workflows(" AND ".join(clauses), limit=MAX_RUNS)
-    }
+    found = await running_fleet_runs(client, instance_id, workflow, MAX_RUNS)
+    return dict.fromkeys(found)
 
 
 async def apply(
@@ -155,9 +148,7 @@ async def _whole_run(client: Client, workflow_id: str, devices: list[str] | None
     """Whether a cancel names every device of the run (then the run itself is cancelled)."""
     if devices is None:
         return True
-    summary = await client.get_workflow_handle_for(FleetRunWorkflow.run, workflow_id).query(
-        FleetRunWorkflow.summary
-    )
+    summary = await run_summary(client, workflow_id)
     return summary.devices <= len(set(devices))
 
 
