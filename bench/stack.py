@@ -45,6 +45,7 @@ from activities.mdm_server import NanoMdmClient
 from bench.servers import Outage, RestartableServer, listening_socket
 from escrow.sealing import load_master_key
 from mdmflow import codec
+from mdmflow.temporal_calls.starts import start_workflow
 from mdmflow.temporal_client import connect
 from mdmflow.temporal_server import EAGER_ACTIVITIES, SQLITE_PRAGMAS, DevServer, free_port
 from relay.webhook_auth import WebhookAuth
@@ -52,7 +53,6 @@ from simulator.app import create_app as create_sim_app
 from simulator.fleet import Fleet, FleetConfig
 from starter.api import create_app
 from starter.deps import Services
-from starter.starting import start_workflow
 from store.db import open_engine
 from store.holds import HoldStore
 from workflows import search_attributes as sa

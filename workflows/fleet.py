@@ -1,6 +1,6 @@
 """``mdmflow.fleet.v1``: one durable run drives a chunk of enrollments.
 
-A start for many devices runs as one fleet run per chunk (see :mod:`starter.starting`).
+A start for many devices runs as one fleet run per chunk (see :mod:`mdmflow.temporal_calls.starts`).
 The run makes one instance of the MDM workflow's class per enrollment and runs each
 device's story — the workflow file's ``run``, read as one device's story — side by side
 with the others; the steps go through the chunk engine (:mod:`workflows.chunk`), which
