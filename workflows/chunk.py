@@ -55,7 +55,6 @@ with workflow.unsafe.imports_passed_through():
     from workflows.engine import (
         BOUNDED_SEND_RETRY,
         MAX_RESENDS,
-        REISSUE_AFTER_REPUSHES,
         SEND_HEARTBEAT_TIMEOUT,
         _enqueue_failed,
     )
@@ -64,6 +63,7 @@ with workflow.unsafe.imports_passed_through():
         FleetInput,
         StepOutcome,
         StepRecord,
+        error_chain,
     )
 
 if TYPE_CHECKING:
@@ -388,11 +388,7 @@ class Chunk:
             missing = sum(1 for a in dev._answers if a is None)
             return f"timed out with {missing} command(s) unanswered"
         errors = [a for a in dev._answers if a is not None and a.status != "Acknowledged"]
-        if errors:
-            return "; ".join(
-                f"{e.request_type or e.command_uuid}: {e.error_summary}" for e in errors
-            )
-        return None
+        return error_chain(errors) if errors else None
 
     async def _suspend(
         self, dev: MdmWorkflow, record: StepRecord, problem: str
@@ -545,16 +541,8 @@ class Chunk:
             for uuid in dev._unconfirmed
             if dev._answers[dev._awaiting[uuid]] is None
         ]
-        if silent_repushes >= REISSUE_AFTER_REPUSHES:
-            for i, command in enumerate(commands):
-                progress = record.commands[i]
-                if (
-                    dev._answers[i] is None
-                    and command.read_only
-                    and not progress.reissued_as
-                    and progress.not_now_count == 0
-                ):
-                    items.append(_Item(i, command, replaces=progress.command_uuid))
+        for i in dev._due_for_reissue(record, commands, silent_repushes):
+            items.append(_Item(i, commands[i], replaces=record.commands[i].command_uuid))
         if items:
             failed = await self._send(dev, record, items, None)
             if failed is not None:

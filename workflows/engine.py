@@ -576,23 +576,32 @@ class MdmWorkflow:
         )
         record.pushes += 1
 
+    def _due_for_reissue(
+        self, record: StepRecord, commands: Sequence[Command], silent_repushes: int
+    ) -> list[int]:
+        """Commands to re-issue under a new UUID: read-only ones still unanswered after
+        ``REISSUE_AFTER_REPUSHES`` silent re-pushes, once, and never after a NotNow (the
+        device retries those by itself). One rule for one-device and fleet runs."""
+        if silent_repushes < REISSUE_AFTER_REPUSHES:
+            return []
+        return [
+            i
+            for i, command in enumerate(commands)
+            if self._answers[i] is None
+            and command.read_only
+            and not record.commands[i].reissued_as
+            and record.commands[i].not_now_count == 0
+        ]
+
     async def _repush(
         self, record: StepRecord, commands: Sequence[Command], silent_repushes: int
     ) -> None:
         reissue: list[QueuedCommand] = []
-        if silent_repushes >= REISSUE_AFTER_REPUSHES:
-            for i, command in enumerate(commands):
-                progress = record.commands[i]
-                if (
-                    self._answers[i] is None
-                    and command.read_only
-                    and not progress.reissued_as
-                    and progress.not_now_count == 0
-                ):
-                    alias = self._new_uuid()
-                    progress.reissued_as.append(alias)
-                    self._awaiting[alias] = i
-                    reissue.append(QueuedCommand(command_uuid=alias, command=command))
+        for i in self._due_for_reissue(record, commands, silent_repushes):
+            alias = self._new_uuid()
+            record.commands[i].reissued_as.append(alias)
+            self._awaiting[alias] = i
+            reissue.append(QueuedCommand(command_uuid=alias, command=commands[i]))
         if self.input.revision >= IDEMPOTENT_SEND_REVISION:
             await self._repush_v3(record, commands, reissue)
             return

@@ -157,10 +157,13 @@ class StepOutcome(BaseModel):
                 text += f"; the MDM server never took some of them ({self.send_error})"
             return text
         if self.errors:
-            return f"step {self.name!r}: " + "; ".join(
-                f"{r.request_type or r.command_uuid}: {r.error_summary}" for r in self.errors
-            )
+            return f"step {self.name!r}: {error_chain(self.errors)}"
         return f"step {self.name!r} acknowledged"
+
+
+def error_chain(errors: list[CommandReport]) -> str:
+    """The device's errors in one line: each command's RequestType and error chain."""
+    return "; ".join(f"{r.request_type or r.command_uuid}: {r.error_summary}" for r in errors)
 
 
 RunStatus = Literal[
