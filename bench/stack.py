@@ -37,7 +37,6 @@ from temporalio.client import (
     WorkflowFailureError,
     WorkflowQueryFailedError,
 )
-from temporalio.exceptions import ApplicationError
 from temporalio.worker import Worker
 
 import worker as worker_module
@@ -45,6 +44,7 @@ from activities.mdm_server import NanoMdmClient
 from bench.servers import Outage, RestartableServer, listening_socket
 from escrow.sealing import load_master_key
 from mdmflow import codec
+from mdmflow.temporal_calls.runs import run_result
 from mdmflow.temporal_calls.starts import start_workflow
 from mdmflow.temporal_client import connect
 from mdmflow.temporal_server import EAGER_ACTIVITIES, SQLITE_PRAGMAS, DevServer, free_port
@@ -434,11 +434,8 @@ class Stack:
         its one device failed."""
         handle = self.client.get_workflow_handle(wf.id, run_id=wf.run_id)
         try:
-            return dict(await handle.result(follow_runs=False))
+            return await run_result(handle)
         except WorkflowFailureError as exc:
-            cause = exc.cause
-            if isinstance(cause, ApplicationError) and cause.details:
-                return dict(cause.details[0])  # a device failed: the result is attached
             eid = wf.typed_search_attributes.get(sa.ENROLLMENT_ID)
             if eid is None:
                 raise

@@ -16,13 +16,13 @@ from typing import Any
 
 import httpx
 import pytest
-from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
-from temporalio.exceptions import ApplicationError
+from temporalio.client import Client, WorkflowHandle
 
 from activities.mdm_server import make_client
 from bench.servers import RestartableServer
 from escrow.sealing import load_master_key
 from mdmflow.services import Services
+from mdmflow.temporal_calls.runs import run_result
 from mdmflow.temporal_calls.starts import chunk_size_from_env
 from mdmflow.temporal_calls.visibility import quote
 from mdmflow.temporal_server import DevServer
@@ -119,15 +119,9 @@ class E2E:
 
 
 async def ended(handle: WorkflowHandle[Any, Any], timeout: float = 60) -> dict[str, Any]:
-    """A fleet run's result however it ended: a run that failed in Temporal (a device
-    failed) carries it in the failure's details. Other failures raise."""
-    try:
-        return dict(await asyncio.wait_for(handle.result(), timeout))
-    except WorkflowFailureError as exc:
-        cause = exc.cause
-        if isinstance(cause, ApplicationError) and cause.details:
-            return dict(cause.details[0])
-        raise
+    """A fleet run's result however it ended (see ``run_result``), waited for at most
+    ``timeout`` seconds."""
+    return await asyncio.wait_for(run_result(handle), timeout)
 
 
 WEBHOOK_USER, WEBHOOK_SECRET = "micromdm", "e2e-webhook-secret"

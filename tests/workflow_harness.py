@@ -12,7 +12,7 @@ import uuid
 from typing import Any
 
 from temporalio import activity
-from temporalio.client import WorkflowFailureError, WorkflowHandle
+from temporalio.client import WorkflowHandle
 from temporalio.exceptions import ApplicationError
 
 from activities.models import (
@@ -36,6 +36,7 @@ from activities.models import (
     SendStepInput,
     SendStepResult,
 )
+from mdmflow.temporal_calls.runs import run_result
 from protocol import plist
 from protocol.results import CommandReport, parse_report
 from workflows.models import FleetResult
@@ -236,13 +237,7 @@ async def outcome(handle: WorkflowHandle[Any, Any]) -> FleetResult:
     A fleet run that fails in Temporal (a device failed) carries its result in the
     failure's details; a one-device run of the workflow's own type returns it.
     """
-    try:
-        return FleetResult.model_validate(dict(await handle.result()))
-    except WorkflowFailureError as exc:
-        cause = exc.cause
-        if isinstance(cause, ApplicationError) and cause.details:
-            return FleetResult.model_validate(cause.details[0])
-        raise
+    return FleetResult.model_validate(await run_result(handle))
 
 
 def enrollment() -> str:

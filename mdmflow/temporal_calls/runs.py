@@ -16,8 +16,11 @@ from temporalio.client import (
     Client,
     WorkflowExecution,
     WorkflowExecutionStatus,
+    WorkflowFailureError,
+    WorkflowHandle,
     WorkflowQueryFailedError,
 )
+from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError
 
 from activities.models import DeviceOutcome
@@ -229,3 +232,18 @@ async def held_runs(
             entry = _device_item(entry, state)
         found.append(entry)
     return found
+
+
+async def run_result(handle: WorkflowHandle[Any, Any]) -> dict[str, Any]:
+    """A fleet run's result however it ended.
+
+    A run that failed in Temporal because a device failed carries its result (status,
+    message, devices per status) in the failure's details; any other failure raises.
+    """
+    try:
+        return dict(await handle.result(follow_runs=False))
+    except WorkflowFailureError as exc:
+        cause = exc.cause
+        if isinstance(cause, ApplicationError) and cause.details:
+            return dict(cause.details[0])
+        raise
