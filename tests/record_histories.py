@@ -146,10 +146,8 @@ async def main() -> None:
         ),
     ):
 
-        async def run(
-            name: str, scenario: str, answers: list[tuple[int, str, str, dict[str, object]]]
-        ) -> None:
-            # what a start starts: a fleet run, here of one device
+        async def start_one(name: str, **kw: Any) -> tuple[str, WorkflowHandle[Any, RunResult]]:
+            """What a start starts: a fleet run, here of one device."""
             eid = enrollment()
             instance = str(uuid.uuid4())
             handle = await env.client.start_workflow(
@@ -159,11 +157,18 @@ async def main() -> None:
                     instance_id=instance,
                     enrollment_ids=[eid],
                     revision=ENGINE_REVISION,
+                    **kw,
                 ),
                 id=routing.fleet_workflow_id(name, instance, 0),
                 task_queue=queue,
                 result_type=RunResult,
             )
+            return eid, handle
+
+        async def run(
+            name: str, scenario: str, answers: list[tuple[int, str, str, dict[str, object]]]
+        ) -> None:
+            eid, handle = await start_one(name)
             sent = await mdm.wait_sent(len(mdm.sent) + 1)
             step = sent[-1]
             if answers:
@@ -254,21 +259,7 @@ async def main() -> None:
         async def story(name: str, scenario: str, script: Script, **kw: Any) -> None:
             """One device's story, step by step: each step answered once its send is
             confirmed (the step is pending), operator actions on suspended steps."""
-            eid = enrollment()
-            instance = str(uuid.uuid4())
-            handle = await env.client.start_workflow(
-                FleetRunWorkflow.run,
-                FleetInput(
-                    workflow_name=name,
-                    instance_id=instance,
-                    enrollment_ids=[eid],
-                    revision=ENGINE_REVISION,
-                    **kw,
-                ),
-                id=routing.fleet_workflow_id(name, instance, 0),
-                task_queue=queue,
-                result_type=RunResult,
-            )
+            eid, handle = await start_one(name, **kw)
 
             steps = 0
             for entry in script:
