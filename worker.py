@@ -17,6 +17,7 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxR
 
 from activities.escrow import EscrowActivities
 from activities.fills import CommandFiller
+from activities.governance import GovernanceActivities
 from activities.holds import HoldActivities
 from activities.inventory import InventoryActivities
 from activities.mdm import MdmActivities
@@ -26,11 +27,13 @@ from activities.starting import StartActivities
 from escrow.sealing import load_master_key
 from mdmflow import config, eventloop, metrics
 from mdmflow.logs import configure_logging
+from mdmflow.policy import load_configured
 from mdmflow.search_setup import startup_problem
 from mdmflow.services import Services
 from mdmflow.temporal_client import connect, tls_config
 from store.db import open_engine
 from workflows.catalog import ALL_WORKFLOWS
+from workflows.registry import BY_NAME
 
 log = logging.getLogger("mdmflow.worker")
 
@@ -38,6 +41,12 @@ log = logging.getLogger("mdmflow.worker")
 # pure data models and the workflow code itself, which keeps no module-level mutable
 # state (measured: about 15 % more runs/s on the embedded server; bench/README.md).
 PASSTHROUGH = ("protocol", "workflows", "activities.models", "pydantic", "pydantic_core")
+
+
+def governance_activities(services: Services) -> list[Callable[..., Any]]:
+    """The emergency stop, policy and approval reads a fleet run asks (revision 5)."""
+    acts = GovernanceActivities(services.stops, services.approvals, services.policy)
+    return [acts.emergency_stop, acts.gate, acts.request_approval, acts.approval_decided]
 
 
 def build_worker(services: Services, mdm: MdmServerClient, **worker_options: Any) -> Worker:
@@ -66,6 +75,7 @@ def build_worker(services: Services, mdm: MdmServerClient, **worker_options: Any
         profile_acts.load_cmdplan,
         profile_acts.configured,
         profile_acts.evaluate,
+        *governance_activities(services),
     ]
     options: dict[str, Any] = {"max_concurrent_activities": 200, **worker_options}
     return Worker(
@@ -114,6 +124,8 @@ async def run_worker() -> None:
     try:
         security = config.temporal_security()
         tls_config(security)  # unreadable PEM files stop the start with the setting's name
+        # the policy a run checks again before a destructive step; unusable: no start
+        policy = load_configured(BY_NAME)
     except ValueError as exc:
         raise SystemExit(str(exc)) from exc
     client = await connect(
@@ -129,7 +141,7 @@ async def run_worker() -> None:
         raise SystemExit(1)
     engine = await open_engine(settings.db_url)
     services = Services.create(
-        client, engine, settings.task_queue, load_master_key(settings.var_dir)
+        client, engine, settings.task_queue, load_master_key(settings.var_dir), policy
     )
     mdm = make_client(
         settings.mdm_kind,

@@ -29,9 +29,12 @@ from typing import Any
 import httpx
 import psutil
 
-from simulator.rawhttp import RawHTTPConnection
-
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run by path: the project's folders are not installed as such
+    sys.path.insert(0, str(ROOT))
+
+from simulator.rawhttp import RawHTTPConnection  # noqa: E402
+
 RESULTS = ROOT / "bench" / "results" / "simulator.json"
 QUERIES = ["Model", "SerialNumber", "DeviceName", "BuildVersion", "OSVersion", "IsAppleSilicon"]
 

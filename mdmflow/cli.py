@@ -7,6 +7,8 @@ import os
 import sys
 from collections.abc import Sequence
 
+from mdmflow import __version__
+
 
 def _build() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -14,6 +16,9 @@ def _build() -> argparse.ArgumentParser:
         description="Durable Apple MDM workflows on Temporal (NanoCMD-compatible).",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument(
+        "--version", action="version", version=f"mdmflow {__version__}", help="print the version"
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser(

@@ -40,6 +40,8 @@ class Settings:
     # HTTPS for the API + relay (PEM files); both None: plain HTTP
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    # the role of NanoCMD's user ``nanocmd`` (MDMFLOW_API_KEY); None: that user is off
+    nanocmd_role: str | None = "operator"
 
     @property
     def embedded_temporal(self) -> bool:
@@ -57,6 +59,19 @@ def api_key_from(var_dir: Path) -> str:
 LOG_FORMATS = ("text", "json")
 DEFAULT_WORKER_METRICS = "127.0.0.1:9464"
 _OFF = ("", "off", "none", "false", "no")
+
+
+def nanocmd_role() -> str | None:
+    """``MDMFLOW_NANOCMD_ROLE``: the role NanoCMD's clients act with (default operator;
+    ``off`` disables the ``nanocmd`` user, leaving only named users)."""
+    from mdmflow.roles import ROLES
+
+    value = (_env("MDMFLOW_NANOCMD_ROLE", "operator") or "operator").strip().lower()
+    if value in _OFF:
+        return None
+    if value not in ROLES:
+        raise ValueError(f"MDMFLOW_NANOCMD_ROLE must be one of {', '.join(ROLES)} or off")
+    return value
 
 
 def log_format() -> str:
@@ -155,4 +170,5 @@ def load() -> Settings:
         worker_metrics=worker_metrics(),
         tls_cert=_path("MDMFLOW_TLS_CERT"),
         tls_key=_path("MDMFLOW_TLS_KEY"),
+        nanocmd_role=nanocmd_role(),
     )

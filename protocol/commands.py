@@ -7,7 +7,7 @@ history holds the intent, not the wire bytes.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, Field
 
@@ -170,6 +170,52 @@ def device_lock(message: str | None = None, phone_number: str | None = None) -> 
     return Command(
         request_type="DeviceLock", fields=fields, fills=[Fill(kind="new_pin", path=["PIN"])]
     )
+
+
+# EraseDevice's ObliterationBehavior: what a T2 or Apple silicon Mac falls back to when
+# Erase All Content and Settings cannot run (macOS 12+; no effect on older Macs).
+ObliterationBehavior = Literal["Default", "DoNotObliterate", "ObliterateWithWarning", "Always"]
+OBLITERATION_BEHAVIORS: tuple[str, ...] = get_args(ObliterationBehavior)
+
+
+def erase_device(
+    *,
+    obliteration_behavior: ObliterationBehavior | None = None,
+    preserve_data_plan: bool | None = None,
+    disallow_proximity_setup: bool | None = None,
+    return_to_service: bool = False,
+    rts_mdm_profile: str | None = None,
+    rts_wifi_profile: str | None = None,
+) -> Command:
+    """EraseDevice with a new random 6-digit Find My PIN, generated and escrowed at send time.
+
+    The PIN (Apple's ``PIN`` key) is what an erased Intel Mac asks for before it starts
+    again; it goes to every device, escrowed like DeviceLock's, because the workflow does
+    not know the model. An option left None is not sent: the device's default applies.
+    Return to Service (iOS 17+) takes its MDM and Wi-Fi profiles from the profile store,
+    by name, at send time (large blobs stay out of workflow history).
+    """
+    if obliteration_behavior is not None and obliteration_behavior not in OBLITERATION_BEHAVIORS:
+        raise ValueError(f"ObliterationBehavior must be one of {', '.join(OBLITERATION_BEHAVIORS)}")
+    if not return_to_service and (rts_mdm_profile or rts_wifi_profile):
+        raise ValueError("Return to Service profiles need return_to_service enabled")
+    fields: dict[str, Any] = {}
+    if obliteration_behavior is not None:
+        fields["ObliterationBehavior"] = obliteration_behavior
+    if preserve_data_plan is not None:
+        fields["PreserveDataPlan"] = preserve_data_plan
+    if disallow_proximity_setup is not None:
+        fields["DisallowProximitySetup"] = disallow_proximity_setup
+    fills = [Fill(kind="new_pin", path=["PIN"])]
+    if return_to_service:
+        fields["ReturnToService"] = {"Enabled": True}
+        for key, name in (
+            ("MDMProfileData", rts_mdm_profile),
+            ("WiFiProfileData", rts_wifi_profile),
+        ):
+            if name:
+                fills.append(Fill(kind="profile", name=name, path=["ReturnToService", key]))
+    return Command(request_type="EraseDevice", fields=fields, fills=fills)
 
 
 def rotate_filevault_key() -> Command:

@@ -21,6 +21,10 @@ Answer = tuple[str, dict[str, Any]]
 
 MDM_DOMAIN = "MCMDMErrorDomain"
 PROFILE_DOMAIN = "MCProfileErrorDomain"
+# Apple's values, kept apart from mdmflow's command builder so that tests check the two.
+OBLITERATION_BEHAVIORS = frozenset(
+    {"Default", "DoNotObliterate", "ObliterateWithWarning", "Always"}
+)
 
 
 def error_chain(code: int, domain: str, text: str, *, us_english: bool = True) -> dict[str, Any]:
@@ -235,7 +239,76 @@ def rotate_filevault_key(ctx: AnswerContext, enr: Enrollment, cmd: dict[str, Any
     return "Acknowledged", {"RotateResult": {"EncryptedNewRecoveryKey": encrypted}}
 
 
+def _sha256(value: bytes | str | None) -> str | None:
+    if value is None:
+        return None
+    return hashlib.sha256(value.encode() if isinstance(value, str) else value).hexdigest()
+
+
+def _erase_record(cmd: dict[str, Any]) -> dict[str, Any] | None:
+    """What the device keeps of an EraseDevice; None when the command is malformed."""
+    pin = cmd.get("PIN")
+    behaviour = cmd.get("ObliterationBehavior")
+    flags = {k: cmd.get(k) for k in ("PreserveDataPlan", "DisallowProximitySetup")}
+    rts = cmd.get("ReturnToService")
+    if pin is not None and not isinstance(pin, str):
+        return None
+    if behaviour is not None and (
+        not isinstance(behaviour, str) or behaviour not in OBLITERATION_BEHAVIORS
+    ):
+        return None
+    if any(v is not None and not isinstance(v, bool) for v in flags.values()):
+        return None
+    record: dict[str, Any] = {
+        "pin_sha256": _sha256(pin),
+        "obliteration_behavior": behaviour,
+        "preserve_data_plan": flags["PreserveDataPlan"],
+        "disallow_proximity_setup": flags["DisallowProximitySetup"],
+        "return_to_service": None,
+    }
+    if rts is not None:
+        if not isinstance(rts, dict) or not isinstance(rts.get("Enabled"), bool):
+            return None
+        profiles = {k: rts.get(k) for k in ("MDMProfileData", "WiFiProfileData")}
+        if any(v is not None and not isinstance(v, bytes) for v in profiles.values()):
+            return None
+        record["return_to_service"] = {
+            "enabled": rts["Enabled"],
+            "mdm_profile_sha256": _sha256(profiles["MDMProfileData"]),
+            "wifi_profile_sha256": _sha256(profiles["WiFiProfileData"]),
+        }
+    return record
+
+
+def wipe(ctx: AnswerContext, device: Enrollment) -> None:
+    """Erase everything the device held: profiles, apps, FileVault and its key, a lock.
+
+    What NanoMDM holds (enrollment, queues) is the server's and stays; the device no
+    longer has the MDM profile, so it never connects again until it is re-enrolled.
+    """
+    for channel in (device, *(device.users or {}).values()):
+        channel.profiles = None
+    device.apps = None
+    device.fv_on_at = None
+    device.prk_hash = None
+    ctx.recovery_keys.pop(device.id, None)
+    device.lock = None
+
+
 def erase_device(ctx: AnswerContext, enr: Enrollment, cmd: dict[str, Any]) -> Answer:
+    """Acknowledge, remember the PIN and options, wipe (the session ends after the report).
+
+    Erase All Content and Settings is taken to pass its preflight, so every
+    ObliterationBehavior acknowledges and erases. Device channel only.
+    """
+    if enr.parent is not None:
+        return unknown_command("EraseDevice")
+    record = _erase_record(cmd)
+    if record is None:
+        return "CommandFormatError", {}
+    device = enr.device
+    wipe(ctx, device)
+    device.erase = record
     return "Acknowledged", {}
 
 

@@ -289,6 +289,8 @@ class Fleet:
             raise ValueError(f"{device_id} is a user channel, not a device")
         if not dev.enrolled:
             raise ValueError(f"{device_id} is not enrolled")
+        if dev.erased:
+            raise ValueError(f"{device_id} was erased: re-enroll it first")
         user_id = user_id or new_uuid(self._id_rng)
         if dev.users is None:
             dev.users = {}
@@ -310,7 +312,12 @@ class Fleet:
         if not dev.enrolled:
             self._stats["devices_enrolled"] += 1
         dev.enrolled = True
-        dev.erased = False
+        if dev.erased:
+            # Its users were erased with it: their channels come back only when a user
+            # enrolls again (NanoMDM disables a device's user channels on Authenticate).
+            for ch in (dev.users or {}).values():
+                ch.enrolled = False
+            dev.erased = False
         for enr in self._channels(dev):
             enr.queue.clear()
             self._cancel(enr)
@@ -324,6 +331,8 @@ class Fleet:
         dev = self._get(device_id).device
         if not dev.enrolled:
             raise ValueError(f"{device_id} is not enrolled")
+        if dev.erased:
+            raise ValueError(f"{device_id} was erased: it has no MDM profile to remove")
         raw = {"MessageType": "CheckOut", "Topic": self.config.topic}
         self._emit_checkin(dev, "mdm.CheckOut", raw)
         for enr in self._channels(dev):
@@ -726,8 +735,10 @@ class Fleet:
         }
         self._emit_report(enr, report, status, entry.uuid)
         if entry.request_type == "EraseDevice" and status == "Acknowledged":
+            # Wiped (see answers.erase_device) and silent: no CheckOut, NanoMDM still
+            # thinks it enrolled, it never connects again until it is re-enrolled.
             dev = enr.device
-            dev.erased = True  # gone: NanoMDM still thinks it enrolled, it never connects
+            dev.erased = True
             for ch in self._channels(dev):
                 ch.queue.clear()
                 ch.in_session = False
@@ -844,6 +855,7 @@ class Fleet:
                 "recovery_key_sha256": dev.prk_hash,
             },
             "lock": dev.lock,
+            "erase": dev.erase,
             "installed_apps": [a["Identifier"] for a in (dev.apps or [])],
             "user_channels": [u.id for u in (dev.users or {}).values()] if enr is dev else [],
             "counters": {

@@ -64,6 +64,7 @@ class Enrollment:
         "connects",
         "due",
         "enrolled",
+        "erase",
         "erased",
         "errors",
         "fv_on_at",
@@ -129,6 +130,8 @@ class Enrollment:
         self.fv_on_at: float | None = None
         self.prk_hash: str | None = None
         self.lock: dict[str, Any] | None = None
+        # The last EraseDevice the device took: PIN hash and options (survives the wipe).
+        self.erase: dict[str, Any] | None = None
         self.users: dict[str, Enrollment] | None = None
         self.last_seen = 0  # wall-clock ns of the last check-in or report (0: never)
         self.connects = 0

@@ -188,6 +188,7 @@ def encode_device(dev: Enrollment, ctx: AnswerContext) -> dict[str, Any]:
         "filevault_on_in": fv_in,
         "recovery_key": ctx.recovery_keys.get(dev.id),
         "lock": dev.lock,
+        "erase": dev.erase,
         "apps": dev.apps,
         "users": [{"user_id": u.user_id, **_encode_channel(u)} for u in (dev.users or {}).values()],
     }
@@ -235,6 +236,7 @@ def decode_device(doc: dict[str, Any], ctx: AnswerContext) -> Enrollment:
     if doc["recovery_key"] is not None:
         ctx.set_recovery_key(dev, str(doc["recovery_key"]))
     dev.lock = doc["lock"]
+    dev.erase = doc.get("erase")  # absent from files saved before EraseDevice was kept
     dev.apps = doc["apps"]
     for u in doc["users"]:
         user_id = str(u["user_id"])

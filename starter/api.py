@@ -1,21 +1,26 @@
 """The HTTP API: NanoCMD-compatible endpoints, our run look-ups, and the webhook relay.
 
-Authentication is HTTP Basic, user ``nanocmd``, password ``MDMFLOW_API_KEY`` (as
-NanoCMD). ``/webhook`` is authenticated by HMAC instead, ``/version`` and ``/metrics``
-are open. OpenAPI is served at ``/docs`` and ``/openapi.json``; the docs page loads
-Swagger UI from ``/static/swagger/`` (shipped in ``starter/static``), so it works offline.
+Authentication is HTTP Basic: a user of ``mdmflow user add`` (``NAME:KEY``), or user
+``nanocmd`` with password ``MDMFLOW_API_KEY`` (as NanoCMD). What a caller may do follows
+from their role (:mod:`mdmflow.roles`); every change and every secret read is audited
+(:mod:`starter.audit_trail`), and every start passes the policy, the emergency stop and
+the rate limits (:mod:`mdmflow.admission`). ``/webhook`` is authenticated by HMAC
+instead, ``/version`` and ``/metrics`` are open. OpenAPI is served at ``/docs`` and
+``/openapi.json``; the docs page loads Swagger UI from ``/static/swagger/`` (shipped in
+``starter/static``), so it works offline.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path as FilePath
 from typing import Annotated, Any
 
-from fastapi import Body, FastAPI, Header, HTTPException, Path, Query, Request
+from fastapi import Body, Depends, FastAPI, HTTPException, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
@@ -27,7 +32,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from temporalio.client import WorkflowQueryFailedError
 from temporalio.service import RPCError, RPCStatusCode
 
-from mdmflow import __version__, metrics
+from mdmflow import __version__, admission, metrics
 from mdmflow.body import BodyLimit
 from mdmflow.temporal_calls import controls, runs, visibility
 from mdmflow.temporal_calls.starts import StartError, start_workflow
@@ -39,10 +44,12 @@ from relay.webhook_auth import WebhookAuth
 from starter.api_cmdplans import router as cmdplans_router
 from starter.api_escrow import router as escrow_router
 from starter.api_events import router as events_router
+from starter.api_governance import router as governance_router
 from starter.api_profiles import router as profiles_router
 from starter.api_schedules import router as schedules_router
+from starter.audit_trail import AuditTrail, note
 from starter.codec_server import codec_app
-from starter.deps import AUTH, ERRORS, Services, describe_errors, one_of
+from starter.deps import AUTH, ERRORS, CallerDep, Services, describe_errors, one_of, require
 from workflows.models import MAX_RETRIES, ControlAction, OnFailure
 from workflows.registry import BY_NAME
 
@@ -98,8 +105,12 @@ def create_app(
     services: Services | Callable[[], Awaitable[Services]],
     api_key: str,
     webhook_auth: WebhookAuth | None = None,
+    nanocmd_role: str | None = "operator",
 ) -> FastAPI:
-    """Build the app; ``services`` may be a factory awaited at start-up."""
+    """Build the app; ``services`` may be a factory awaited at start-up.
+
+    ``nanocmd_role``: the role of NanoCMD's user ``nanocmd`` (None: that user is off).
+    """
     holder: dict[str, Any] = {}
 
     @asynccontextmanager
@@ -127,7 +138,10 @@ def create_app(
         docs_url=None,  # served below from local files instead of a CDN
     )
     app.state.api_key = api_key
+    app.state.nanocmd_role = nanocmd_role
     app.add_middleware(BodyLimit)  # every body capped by route before it is read
+    # outermost: a refusal by any layer below (401, 403, 413) is audited too
+    app.add_middleware(AuditTrail, audit=lambda: _audit_log(app))
     _add_docs(app)
 
     def svc() -> Services:
@@ -164,6 +178,7 @@ def create_app(
     app.include_router(schedules_router)
     app.include_router(profiles_router)
     app.include_router(cmdplans_router)
+    app.include_router(governance_router)
     app.mount("/codec", codec_app(lambda: svc().client.data_converter.payload_codec, api_key))
 
     @app.get("/version", tags=["meta"])
@@ -198,6 +213,8 @@ def create_app(
         summary="Start a workflow for one or more enrollments",
     )
     async def start(
+        request: Request,
+        who: CallerDep,
         name: Annotated[str, Path(json_schema_extra=one_of(sorted(BY_NAME)))],
         id: Annotated[list[str], Query(description="Enrollment ID (repeat for many)")] = [],  # noqa: B006
         context: Annotated[str | None, Query(description="Workflow-dependent context")] = None,
@@ -218,7 +235,13 @@ def create_app(
             StartBody | None, Body(description="Optional: more IDs (and context) as JSON")
         ] = None,
     ) -> StartResponse:
-        """IDs come from ``?id=`` (NanoCMD's form), a JSON body ``{"ids": [...]}``, or both."""
+        """IDs come from ``?id=`` (NanoCMD's form), a JSON body ``{"ids": [...]}``, or both.
+
+        Refused as a whole: 400 (bad IDs or context, naming the field), 403 (policy: no
+        entry, disabled, role, more than ``max_targets``), 409 (emergency stop), 429
+        (rate limit, with ``Retry-After``). Devices refused one by one (already running,
+        unknown enrollment) are listed in ``refused``.
+        """
         if body is not None:
             id = [*id, *body.ids]
             context = context if context is not None else body.context
@@ -226,24 +249,69 @@ def create_app(
             rollback = rollback if rollback is not None else body.rollback
             retries = retries if retries is not None else body.retries
             retry_backoff_seconds = retry_backoff_seconds or body.retry_backoff_seconds
+        note(request, "start", id, _start_params(name, context, on_failure, rollback, retries))
+        try:
+            admitted = await admission.admit(svc(), who.role, name, id, context)
+            await admission.take_tokens(svc(), admitted)
+        except admission.Refused as exc:
+            raise _refused(exc) from exc
+        if not admitted.candidates:
+            return StartResponse(instance_id="", started=[], refused=admitted.refused)
         try:
             result = await start_workflow(
                 svc().client,
                 svc().task_queue,
                 name,
-                id,
+                admitted.candidates,
                 context,
                 holds=svc().holds,
                 on_failure=on_failure,
                 rollback=bool(rollback),
                 retries=retries or 0,
                 retry_backoff_seconds=retry_backoff_seconds or 60.0,
+                started_by=who.user,
+                started_role=who.role,
             )
         except StartError as exc:
             raise HTTPException(status_code=400, detail=str(exc)) from exc
+        await admission.give_back(svc(), admitted, len(admitted.candidates) - len(result.started))
+        result.refused.update(admitted.refused)
         return StartResponse(
             instance_id=result.instance_id, started=result.started, refused=result.refused
         )
+
+    @app.post(
+        "/v1/workflow/{name}/plan",
+        tags=["workflows"],
+        dependencies=[Depends(require("read"))],
+        responses=err,
+        summary="Dry run: what a start with these parameters would do (nothing starts)",
+    )
+    async def plan(
+        request: Request,
+        who: CallerDep,
+        name: Annotated[str, Path(json_schema_extra=one_of(sorted(BY_NAME)))],
+        id: Annotated[list[str], Query(description="Enrollment ID (repeat for many)")] = [],  # noqa: B006
+        context: Annotated[str | None, Query(description="Workflow-dependent context")] = None,
+        on_failure: Annotated[OnFailure | None, Query()] = None,
+        rollback: Annotated[bool | None, Query()] = None,
+        retries: Annotated[int | None, Query(ge=0, le=MAX_RETRIES)] = None,
+        retry_backoff_seconds: Annotated[float | None, Query(gt=0, le=86400)] = None,
+        body: Annotated[StartBody | None, Body()] = None,
+    ) -> dict[str, Any]:
+        """Which devices would start and which would be refused and why (policy,
+        exclusivity, unknown enrollment, rate limit, emergency stop), the commands each
+        step would send (RequestTypes and profile names, never secrets), and whether a
+        second person must approve. Takes the parameters of a start; nothing is started,
+        held or counted against a rate limit. Judged for the caller's own role."""
+        if body is not None:
+            id = [*id, *body.ids]
+            context = context if context is not None else body.context
+        note(request, "plan", id, _start_params(name, context, on_failure, rollback, retries))
+        try:
+            return await admission.plan(svc(), who.role, name, id, context)
+        except admission.Refused as exc:
+            raise _refused(exc) from exc
 
     @app.get("/v1/workflows", tags=["workflows"], dependencies=auth)
     async def workflows() -> list[dict[str, Any]]:
@@ -299,20 +367,26 @@ def create_app(
     @app.post("/v1/runs/{action}", tags=["runs"], dependencies=auth, responses=err)
     async def control_runs(
         request: Request,
+        who: CallerDep,
         action: Annotated[ControlAction, Path(description="what to do")],
         workflow_id: Annotated[str | None, Query(description="one run")] = None,
         instance_id: Annotated[str | None, Query(description="every run of a start")] = None,
         workflow: Annotated[str | None, Query(description="every run of a workflow")] = None,
         id: Annotated[list[str], Query(description="only these enrollments (repeatable)")] = [],  # noqa: B006
         body: Annotated[ControlBody | None, Body()] = None,
-        x_mdmflow_actor: Annotated[str | None, Header()] = None,
     ) -> JSONResponse:
         """Cancel, pause, resume, retry, skip or abort runs, or devices inside them.
 
         Answers per run which devices the action applied to and why not the others:
         200 when it applied to any, 409 when to none, 404 when no run matched.
         """
-        actor = (x_mdmflow_actor or "nanocmd").strip()[:100] or "nanocmd"
+        actor = who.user
+        note(
+            request,
+            f"runs.{action}",
+            id,
+            {"workflow_id": workflow_id, "instance_id": instance_id, "workflow": workflow},
+        )
         try:
             chosen = await controls.select_runs(
                 svc().client,
@@ -381,6 +455,45 @@ def create_app(
         )
 
     return app
+
+
+def _audit_log(app: FastAPI) -> Any:
+    """The audit log once the services are up (None before: nothing to audit yet)."""
+    svc: Services | None = getattr(app.state, "services", None)
+    return svc.audit if svc is not None else None
+
+
+def _refused(exc: admission.Refused) -> HTTPException:
+    headers = None
+    if exc.retry_after is not None:
+        headers = {"Retry-After": str(max(1, math.ceil(exc.retry_after)))}
+    return HTTPException(status_code=exc.status, detail=exc.message, headers=headers)
+
+
+def _start_params(
+    name: str,
+    context: str | None,
+    on_failure: str | None,
+    rollback: bool | None,
+    retries: int | None,
+) -> dict[str, Any]:
+    """A start's parameters for the audit log; a JSON context is kept with its secrets
+    redacted (by key), a plain one only by length (it may be a SCEP challenge)."""
+    shown: Any = None
+    if context:
+        try:
+            shown = json.loads(context)
+        except ValueError:
+            shown = f"[{len(context)} characters]"
+        if not isinstance(shown, dict):
+            shown = f"[{len(context)} characters]"
+    return {
+        "workflow": name,
+        "context": shown,
+        "on_failure": on_failure,
+        "rollback": rollback,
+        "retries": retries,
+    }
 
 
 def _add_docs(app: FastAPI) -> None:

@@ -10,6 +10,7 @@ from fastapi import APIRouter, HTTPException, Request, Response
 from pydantic import ValidationError
 
 from mdmflow.body import read_body
+from starter.audit_trail import audited
 from starter.deps import AUTH, ERRORS, ErrorBody, ServicesDep, describe_errors
 from store.cmdplans import CmdPlan
 
@@ -47,7 +48,8 @@ async def put_cmdplan(name: str, request: Request, svc: ServicesDep) -> Response
         raise HTTPException(
             400, f"not a valid command plan: {describe_errors(exc.errors(include_url=False))}"
         ) from exc
-    await svc.cmdplans.put(name, plan)
+    async with audited(request, "cmdplan.put", params={"name": name}) as c:
+        await svc.cmdplans.put(name, plan, conn=c)
     return Response(status_code=204)
 
 
@@ -60,9 +62,10 @@ async def get_cmdplan(name: str, svc: ServicesDep) -> CmdPlan:
 
 
 @router.delete("/v1/cmdplan/{name}", status_code=204, summary="Delete a command plan")
-async def delete_cmdplan(name: str, svc: ServicesDep) -> Response:
-    if not await svc.cmdplans.delete(name):
-        raise _missing(name)
+async def delete_cmdplan(name: str, request: Request, svc: ServicesDep) -> Response:
+    async with audited(request, "cmdplan.delete", params={"name": name}) as c:
+        if not await svc.cmdplans.delete(name, conn=c):
+            raise _missing(name)
     return Response(status_code=204)
 
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, HTTPException, Response
+from fastapi import APIRouter, HTTPException, Request, Response
 from pydantic import BaseModel, Field
 
 from relay.events import EVENTS
+from starter.audit_trail import audited
 from starter.deps import AUTH, ERRORS, ServicesDep, one_of
 from store.events import Subscription
+from workflows.contexts import ContextError, validate_context
 from workflows.registry import BY_NAME
 
 router = APIRouter(tags=["events"], dependencies=AUTH, responses=ERRORS)
@@ -28,6 +30,10 @@ def validate(sub: EventSubscription) -> None:
         raise HTTPException(400, f"unknown event {sub.event!r}; one of {', '.join(EVENTS)}")
     if sub.workflow not in BY_NAME:
         raise HTTPException(400, f"unknown workflow {sub.workflow!r}")
+    try:
+        validate_context(sub.workflow, sub.context)
+    except ContextError as exc:
+        raise HTTPException(400, str(exc)) from exc
     if sub.event == "IdleNotStartedSince":
         try:
             seconds = int(sub.event_context or "")
@@ -40,11 +46,16 @@ def validate(sub: EventSubscription) -> None:
 
 
 @router.put("/v1/event/{name}", status_code=204, summary="Store an event subscription")
-async def put_event(name: str, body: EventSubscription, svc: ServicesDep) -> Response:
+async def put_event(
+    name: str, body: EventSubscription, request: Request, svc: ServicesDep
+) -> Response:
     validate(body)
-    await svc.subscriptions.put(
-        Subscription(name, body.event, body.workflow, body.context, body.event_context)
-    )
+    params = {"name": name, "event": body.event, "workflow": body.workflow}
+    async with audited(request, "event.put", params=params) as c:
+        await svc.subscriptions.put(
+            Subscription(name, body.event, body.workflow, body.context, body.event_context),
+            conn=c,
+        )
     return Response(status_code=204)
 
 
@@ -59,9 +70,10 @@ async def get_event(name: str, svc: ServicesDep) -> dict[str, Any]:
 
 
 @router.delete("/v1/event/{name}", status_code=204, summary="Delete an event subscription")
-async def delete_event(name: str, svc: ServicesDep) -> Response:
-    if not await svc.subscriptions.delete(name):
-        raise HTTPException(404, f"no event subscription {name!r}")
+async def delete_event(name: str, request: Request, svc: ServicesDep) -> Response:
+    async with audited(request, "event.delete", params={"name": name}) as c:
+        if not await svc.subscriptions.delete(name, conn=c):
+            raise HTTPException(404, f"no event subscription {name!r}")
     return Response(status_code=204)
 
 

@@ -10,8 +10,11 @@ from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response
 
+from escrow import fvprofile
 from mdmflow.body import read_body
-from starter.deps import AUTH, ERRORS, ErrorBody, ServicesDep
+from mdmflow.roles import allows
+from starter.audit_trail import audited
+from starter.deps import AUTH, ERRORS, CallerDep, ErrorBody, ServicesDep
 from store.profiles import ProfileError, ProfileInfo
 
 router = APIRouter(tags=["profiles"], dependencies=AUTH, responses=ERRORS)
@@ -39,6 +42,12 @@ def _missing(name: str) -> HTTPException:
     return HTTPException(404, f"no profile {name!r}")
 
 
+def _guard_template(name: str, role: str) -> None:
+    """The FileVault escrow template decides where recovery keys are sent: admin only."""
+    if name == fvprofile.TEMPLATE_PROFILE_NAME and not allows(role, "admin"):
+        raise HTTPException(403, "role admin needed: this profile is the FileVault escrow template")
+
+
 @router.put(
     "/v1/profile/{name}",
     status_code=204,
@@ -46,13 +55,15 @@ def _missing(name: str) -> HTTPException:
     openapi_extra=_RAW_BODY,
     responses={413: {"model": ErrorBody}},
 )
-async def put_profile(name: str, request: Request, svc: ServicesDep) -> Response:
+async def put_profile(name: str, request: Request, who: CallerDep, svc: ServicesDep) -> Response:
     _check_name(name)
+    _guard_template(name, who.role)
     raw = await read_body(request, MAX_BYTES)
     if not raw:
         raise HTTPException(400, "empty body: send the .mobileconfig as the request body")
     try:
-        await svc.profiles.put(name, raw)
+        async with audited(request, "profile.put", params={"name": name, "bytes": len(raw)}) as c:
+            await svc.profiles.put(name, raw, conn=c)
     except ProfileError as exc:
         raise HTTPException(400, f"not a usable profile: {exc}") from exc
     return Response(status_code=204)
@@ -72,9 +83,11 @@ async def get_profile(name: str, svc: ServicesDep) -> Response:
 
 
 @router.delete("/v1/profile/{name}", status_code=204, summary="Delete a profile")
-async def delete_profile(name: str, svc: ServicesDep) -> Response:
-    if not await svc.profiles.delete(name):
-        raise _missing(name)
+async def delete_profile(name: str, request: Request, who: CallerDep, svc: ServicesDep) -> Response:
+    _guard_template(name, who.role)
+    async with audited(request, "profile.delete", params={"name": name}) as c:
+        if not await svc.profiles.delete(name, conn=c):
+            raise _missing(name)
     return Response(status_code=204)
 
 

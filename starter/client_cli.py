@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 import httpx
@@ -15,8 +16,12 @@ from protocol.enrollment import enrollment_id_problem
 
 
 def api_client(args: argparse.Namespace) -> httpx.Client:
-    key = args.api_key or os.environ.get("MDMFLOW_API_KEY") or config.load().api_key
-    return httpx.Client(base_url=args.api_url, auth=("nanocmd", key), timeout=60)
+    """A client authenticated as ``--user`` (default nanocmd, with var/api_key)."""
+    user = args.user or os.environ.get("MDMFLOW_USER") or "nanocmd"
+    key = args.api_key or os.environ.get("MDMFLOW_API_KEY")
+    if key is None and user == "nanocmd":
+        key = config.load().api_key
+    return httpx.Client(base_url=args.api_url, auth=(user, key or ""), timeout=60)
 
 
 def print_response(resp: httpx.Response) -> int:
@@ -45,6 +50,12 @@ def cmd_start(args: argparse.Namespace) -> int:
     if args.retry_backoff:
         params.append(("retry_backoff_seconds", args.retry_backoff))
     with api_client(args) as c:
+        if args.dry_run:
+            resp = c.post(f"/v1/workflow/{args.workflow}/plan", params=params)
+            if not resp.is_success:
+                return print_response(resp)
+            print_plan(resp.json())
+            return 0
         resp = c.post(f"/v1/workflow/{args.workflow}/start", params=params)
         code = print_response(resp)
         if code == 0 and not resp.json().get("started"):
@@ -84,15 +95,49 @@ def _control(args: argparse.Namespace) -> int:
     ):
         if value:
             params.append((key, value))
-    headers = {"X-Mdmflow-Actor": args.actor} if args.actor else {}
     with api_client(args) as c:
         resp = c.post(
-            f"/v1/runs/{args.action}",
-            params=params,
-            json={"reason": args.reason or ""},
-            headers=headers,
+            f"/v1/runs/{args.action}", params=params, json={"reason": args.reason or ""}
         )
         return print_response(resp)
+
+
+def print_plan(plan: dict[str, Any]) -> None:
+    """A dry run as tables: the steps and their commands, then the devices."""
+    print(f"dry run of {plan['workflow']} for {plan['targets']} enrollment(s); nothing started")
+    if plan.get("emergency_stop"):
+        print(f"EMERGENCY STOP: {plan['emergency_stop']}")
+    if plan.get("approval_required"):
+        print("approval: a second person (role approver) must approve before the first "
+              "destructive step")
+    if plan.get("plan_error"):
+        print(f"the run would fail before sending anything: {plan['plan_error']}")
+    rows: list[tuple[str, ...]] = [("STEP", "REQUEST TYPE", "DETAIL", "DESTRUCTIVE")]
+    for step in plan.get("steps", []):
+        for command in step["commands"]:
+            rows.append(
+                (step["name"], command["request_type"], command["detail"],
+                 "yes" if step["destructive"] else "")
+            )
+    _table(rows)
+    print()
+    print(f"would start: {plan['would_start']}   would be refused: {plan['would_refuse']}")
+    if plan.get("refused_for"):
+        print(f"all refused: {plan['refused_for']}")
+    else:
+        refused = plan.get("refused", {})
+        if refused:
+            _table([("ENROLLMENT", "REFUSED BECAUSE"), *sorted(refused.items())])
+    rate = plan.get("rate_limit")
+    if rate:
+        state = "enough tokens" if rate["allowed"] else f"short in {rate['bucket']}"
+        print(f"rate limit: {state}")
+
+
+def _table(rows: Sequence[Sequence[str]]) -> None:
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -120,7 +165,16 @@ def add_api_options(p: argparse.ArgumentParser) -> None:
         default=os.environ.get("MDMFLOW_API_URL", "http://127.0.0.1:9003"),
         help="mdmflow API (default: MDMFLOW_API_URL or http://127.0.0.1:9003)",
     )
-    p.add_argument("--api-key", default=None, help="default: MDMFLOW_API_KEY or var/api_key")
+    p.add_argument(
+        "--user",
+        default=None,
+        help="API user (default: MDMFLOW_USER or nanocmd); made by `mdmflow user add`",
+    )
+    p.add_argument(
+        "--api-key",
+        default=None,
+        help="the user's key (default: MDMFLOW_API_KEY; for nanocmd also var/api_key)",
+    )
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -152,6 +206,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         default=None,
         help="seconds before the first automatic retry, doubling (default 60)",
     )
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="start nothing: show which devices would start or be refused and why, the "
+        "commands each step would send, and whether approval is needed",
+    )
     add_api_options(p)
     p.set_defaults(func=cmd_start)
 
@@ -174,8 +234,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--instance", help="instance ID returned by start")
     p.add_argument("--id", action="append", help="enrollment ID (repeatable for controls)")
     p.add_argument("--workflow", help="workflow name")
-    p.add_argument("--reason", help="why (recorded in the run)")
-    p.add_argument("--actor", help="who (default: the API user)")
+    p.add_argument("--reason", help="why (recorded in the run and the audit log)")
     add_api_options(p)
     p.set_defaults(func=cmd_runs)
 

@@ -1,16 +1,26 @@
-"""What every API route depends on: the services and the API-key check."""
+"""What every API route depends on: the services, who is calling, and what they may do.
+
+Callers authenticate with HTTP Basic: a user made by ``mdmflow user add`` (``NAME:KEY``),
+or ``nanocmd:<MDMFLOW_API_KEY>`` as NanoCMD's clients do, with the role
+``MDMFLOW_NANOCMD_ROLE`` (default operator; ``off`` disables it). 401 says "who are you?",
+403 says which role the call needs (:mod:`mdmflow.roles`).
+"""
 
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPBasic, HTTPBasicCredentials
 from pydantic import BaseModel, JsonValue
 
+from mdmflow.roles import Permission, allows, needed
 from mdmflow.services import Services as Services  # shared with the worker; named here too
+
+NANOCMD_USER = "nanocmd"
 
 
 def describe_errors(errors: Sequence[Mapping[str, Any]]) -> str:
@@ -29,28 +39,82 @@ class ErrorBody(BaseModel):
 ERRORS: dict[int | str, dict[str, object]] = {
     400: {"model": ErrorBody},
     401: {"model": ErrorBody},
+    403: {"model": ErrorBody},
     404: {"model": ErrorBody},
 }
 
 _basic = HTTPBasic(auto_error=False)
 
 
-def authorised(
-    request: Request, creds: Annotated[HTTPBasicCredentials | None, Depends(_basic)]
-) -> None:
-    """HTTP Basic ``nanocmd:<MDMFLOW_API_KEY>``, compared in constant time."""
-    key: str = request.app.state.api_key
-    ok = (
-        creds is not None
-        and secrets.compare_digest(creds.username.encode(), b"nanocmd")
-        and secrets.compare_digest(creds.password.encode(), key.encode())
+@dataclass(frozen=True)
+class Caller:
+    user: str
+    role: str
+
+
+def _unauthenticated(why: str) -> HTTPException:
+    return HTTPException(
+        status_code=401, detail=why, headers={"WWW-Authenticate": 'Basic realm="mdmflow"'}
     )
-    if not ok:
-        raise HTTPException(
-            status_code=401,
-            detail="API key is missing or invalid (HTTP Basic, user nanocmd)",
-            headers={"WWW-Authenticate": 'Basic realm="mdmflow"'},
-        )
+
+
+async def caller(
+    request: Request, creds: Annotated[HTTPBasicCredentials | None, Depends(_basic)]
+) -> Caller:
+    """Who is calling (once per request); 401 when nobody we know."""
+    known: Caller | None = getattr(request.state, "caller", None)
+    if known is not None:
+        return known
+    if creds is None:
+        raise _unauthenticated("authentication required (HTTP Basic NAME:KEY)")
+    request.state.attempted_user = creds.username[:64]
+    found: Caller | None = None
+    if creds.username == NANOCMD_USER:
+        role: str | None = request.app.state.nanocmd_role
+        key: str = request.app.state.api_key
+        if role is not None and secrets.compare_digest(creds.password.encode(), key.encode()):
+            found = Caller(NANOCMD_USER, role)
+    else:
+        svc: Services = request.app.state.services
+        user = await svc.users.authenticate(creds.username, creds.password)
+        if user is not None:
+            found = Caller(user.name, user.role)
+    if found is None:
+        raise _unauthenticated("unknown user or wrong key (HTTP Basic NAME:KEY)")
+    request.state.caller = found
+    return found
+
+
+CallerDep = Annotated[Caller, Depends(caller)]
+
+
+def require(permission: Permission) -> Callable[..., Awaitable[Caller]]:
+    """A dependency: the caller, when their role grants ``permission``; else 403."""
+
+    async def check(who: CallerDep) -> Caller:
+        if not allows(who.role, permission):
+            raise HTTPException(
+                status_code=403,
+                detail=f"role {needed(permission)} needed ({who.user} has role {who.role})",
+            )
+        return who
+
+    return check
+
+
+async def by_method(request: Request, who: CallerDep) -> Caller:
+    """Reading needs any role; changing needs operator (or admin)."""
+    permission: Permission = "read" if request.method in ("GET", "HEAD") else "operate"
+    return await require(permission)(who)
+
+
+def audit_as(action: str) -> Callable[[Request], None]:
+    """A dependency naming the route's audit action (and auditing it even as a GET)."""
+
+    def mark(request: Request) -> None:
+        request.state.audit_action = action
+
+    return mark
 
 
 def services(request: Request) -> Services:
@@ -58,7 +122,8 @@ def services(request: Request) -> Services:
     return svc
 
 
-AUTH = [Depends(authorised)]
+AUTH = [Depends(by_method)]
+ADMIN = [Depends(require("admin"))]
 
 
 def one_of(values: Iterable[str]) -> dict[str, JsonValue]:

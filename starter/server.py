@@ -10,12 +10,14 @@ import uvicorn
 
 from escrow.sealing import load_master_key
 from mdmflow import config, metrics
+from mdmflow.policy import load_configured
 from mdmflow.search_setup import startup_problem
 from mdmflow.temporal_client import connect, tls_config
 from relay.webhook_auth import WebhookAuth
 from starter.api import create_app
 from starter.deps import Services
 from store.db import open_engine
+from workflows.registry import BY_NAME
 
 log = logging.getLogger("mdmflow.api")
 
@@ -71,7 +73,7 @@ def serve() -> None:
             log.error("%s", problem)
         engine = await open_engine(settings.db_url)
         master_key = load_master_key(settings.var_dir)
-        return Services.create(client, engine, settings.task_queue, master_key)
+        return Services.create(client, engine, settings.task_queue, master_key, policy)
 
     try:
         webhook_auth = WebhookAuth.from_settings(
@@ -83,6 +85,7 @@ def serve() -> None:
         https = ssl_options(settings.tls_cert, settings.tls_key)
         security = config.temporal_security()
         tls_config(security)  # a missing PEM file stops the start, not the first request
+        policy = load_configured(BY_NAME)  # an unusable policy stops the start, with why
     except ValueError as exc:
         raise SystemExit(str(exc)) from exc
     if webhook_auth.required:
@@ -99,7 +102,11 @@ def serve() -> None:
             "no MDMFLOW_WEBHOOK_HMAC_KEY, _BASIC_AUTH or _PATH_TOKEN: /webhook refuses every "
             "webhook (401); configure one, or MDMFLOW_WEBHOOK_INSECURE=1 on a trusted network"
         )
-    app = create_app(services, settings.api_key, webhook_auth)
+    if settings.nanocmd_role is None:
+        log.info("the nanocmd user is off (MDMFLOW_NANOCMD_ROLE=off): named users only")
+    else:
+        log.info("the nanocmd user acts with role %s (MDMFLOW_NANOCMD_ROLE)", settings.nanocmd_role)
+    app = create_app(services, settings.api_key, webhook_auth, settings.nanocmd_role)
     scheme = "https" if https else "http"
     log.info("API and relay on %s://%s:%d", scheme, settings.listen_host, settings.listen_port)
     uvicorn.run(

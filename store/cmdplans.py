@@ -11,10 +11,10 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, async_sessionmaker
 
 from store.db import CmdPlanRow
-from store.named import put_named
+from store.named import put_named, session_in
 
 NonEmpty = Annotated[str, Field(min_length=1)]
 
@@ -105,17 +105,17 @@ class CmdPlanStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self._sessions = async_sessionmaker(engine, expire_on_commit=False)
 
-    async def put(self, name: str, plan: CmdPlan) -> None:
+    async def put(self, name: str, plan: CmdPlan, conn: AsyncConnection | None = None) -> None:
         values = {"plan": plan.model_dump(mode="json"), "modified": datetime.now(UTC)}
-        await put_named(self._sessions, CmdPlanRow, name, values)
+        await put_named(self._sessions, CmdPlanRow, name, values, conn)
 
     async def get(self, name: str) -> CmdPlan | None:
         async with self._sessions() as session:
             plan = await session.scalar(select(CmdPlanRow.plan).where(CmdPlanRow.name == name))
             return CmdPlan.model_validate(plan) if plan is not None else None
 
-    async def delete(self, name: str) -> bool:
-        async with self._sessions() as session, session.begin():
+    async def delete(self, name: str, conn: AsyncConnection | None = None) -> bool:
+        async with session_in(self._sessions, conn) as session:
             row = await session.get(CmdPlanRow, name)
             if row is None:
                 return False

@@ -329,7 +329,17 @@ async def open_engine(url: str) -> AsyncEngine:
     return engine
 
 
+def _load_table_modules() -> None:
+    """Modules that declare their own tables on ``Base`` (governance: users, audit,
+    rate limits, emergency stop, approvals); imported here so every process creates them."""
+    import store.audit
+    import store.governance
+    import store.ratelimits
+    import store.users  # noqa: F401
+
+
 async def _ensure_schema(engine: AsyncEngine) -> None:
+    _load_table_modules()
     async with engine.begin() as conn:
         await conn.run_sync(Base.metadata.create_all)
         version_row = select(SchemaVersion.version).where(SchemaVersion.id == 1)

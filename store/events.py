@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, async_sessionmaker
 
 from store.db import EnrollmentRow, EventClaimRow, EventSubscriptionRow, iso_utc
+from store.named import session_in
 
 # Claims older than this are pruned; duplicates arrive within seconds.
 CLAIM_RETENTION = timedelta(days=1)
@@ -47,8 +49,8 @@ class SubscriptionStore:
     def _from_row(row: EventSubscriptionRow) -> Subscription:
         return Subscription(row.name, row.event, row.workflow, row.context, row.event_context)
 
-    async def put(self, sub: Subscription) -> None:
-        async with self._sessions() as session, session.begin():
+    async def put(self, sub: Subscription, conn: AsyncConnection | None = None) -> None:
+        async with session_in(self._sessions, conn) as session:
             row = await session.get(EventSubscriptionRow, sub.name)
             if row is None:
                 row = EventSubscriptionRow(name=sub.name, starts=0)
@@ -70,8 +72,8 @@ class SubscriptionStore:
                 out["last_error_at"] = iso_utc(row.last_error_at)
             return out
 
-    async def delete(self, name: str) -> bool:
-        async with self._sessions() as session, session.begin():
+    async def delete(self, name: str, conn: AsyncConnection | None = None) -> bool:
+        async with session_in(self._sessions, conn) as session:
             row = await session.get(EventSubscriptionRow, name)
             if row is None:
                 return False
@@ -128,6 +130,19 @@ class SubscriptionStore:
 class EnrollmentRegister:
     def __init__(self, engine: AsyncEngine) -> None:
         self._sessions = async_sessionmaker(engine, expire_on_commit=False)
+
+    async def known(self, ids: Sequence[str]) -> set[str]:
+        """Which of ``ids`` the relay has seen check in (enrolled or not since)."""
+        found: set[str] = set()
+        unique = sorted(set(ids))
+        async with self._sessions() as session:
+            for start in range(0, len(unique), 500):
+                part = unique[start : start + 500]
+                rows = await session.scalars(
+                    select(EnrollmentRow.enrollment_id).where(EnrollmentRow.enrollment_id.in_(part))
+                )
+                found.update(rows)
+        return found
 
     async def checkin(
         self,

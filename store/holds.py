@@ -310,6 +310,22 @@ class HoldStore:
             )
             return [_hold(row) for row in rows]
 
+    async def held(self, workflow_name: str, ids: Sequence[str]) -> dict[str, Hold]:
+        """Which of ``ids`` a run of ``workflow_name`` holds now (a dry run's look)."""
+        found: dict[str, Hold] = {}
+        async with self._sessions() as session:
+            for part in _chunks(_unique(ids)):
+                rows = await session.execute(
+                    select(*_HOLD_COLUMNS).where(
+                        RunHoldRow.workflow_name == workflow_name,
+                        RunHoldRow.enrollment_id.in_(part),
+                    )
+                )
+                for row in rows:
+                    hold = _hold(row)
+                    found.setdefault(hold.enrollment_id, hold)
+        return found
+
     def _channels_of(self, device_id: str) -> ColumnElement[bool]:
         """IDs starting with ``device_id:``, exactly: IDs may hold ``%``, ``_`` or case.
 

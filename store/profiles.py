@@ -13,12 +13,12 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, async_sessionmaker
 
 from escrow import fvprofile
 from protocol import cms
 from store.db import ProfileRow
-from store.named import put_named
+from store.named import put_named, session_in
 
 
 class ProfileError(ValueError):
@@ -83,7 +83,7 @@ class ProfileStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self._sessions = async_sessionmaker(engine, expire_on_commit=False)
 
-    async def put(self, name: str, raw: bytes) -> ProfileInfo:
+    async def put(self, name: str, raw: bytes, conn: AsyncConnection | None = None) -> ProfileInfo:
         """Store (or replace) ``name``; raises ProfileError before storing a bad one.
 
         The FileVault template (stored as ``io.micromdm.wf.fvenable.v1``) holds the
@@ -102,7 +102,7 @@ class ProfileStore:
             "raw": raw,
             "modified": datetime.now(UTC),
         }
-        await put_named(self._sessions, ProfileRow, name, values)
+        await put_named(self._sessions, ProfileRow, name, values, conn)
         return info
 
     async def get(self, name: str) -> bytes | None:
@@ -122,8 +122,8 @@ class ProfileStore:
                 for name, ident, uuid, signed in rows
             }
 
-    async def delete(self, name: str) -> bool:
-        async with self._sessions() as session, session.begin():
+    async def delete(self, name: str, conn: AsyncConnection | None = None) -> bool:
+        async with session_in(self._sessions, conn) as session:
             row = await session.get(ProfileRow, name)
             if row is None:
                 return False

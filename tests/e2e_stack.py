@@ -55,6 +55,18 @@ class E2E:
     var_dir: Path
     # (workflow, enrollment) -> the fleet run this helper's starts put it in
     started: dict[tuple[str, str], str] = field(default_factory=dict)
+    # API clients of users made by as_role, by role
+    users: dict[str, httpx.AsyncClient] = field(default_factory=dict)
+
+    async def as_role(self, role: str) -> httpx.AsyncClient:
+        """An API client of a user with ``role`` (made once per stack)."""
+        if role not in self.users:
+            name = f"{role}-e2e"
+            key = await self.services.users.add(name, role, created_by="e2e")
+            self.users[role] = httpx.AsyncClient(
+                base_url=str(self.api.base_url), auth=(name, key), timeout=30
+            )
+        return self.users[role]
 
     async def enroll(self, count: int) -> list[str]:
         """Enroll devices and let their check-in webhooks reach the relay first."""
@@ -179,7 +191,7 @@ async def e2e_stack(
             ) as api,
             httpx.AsyncClient(base_url=sim_server.url, auth=(kind, SIM_KEY)) as sim,
         ):
-            yield E2E(
+            stack = E2E(
                 api,
                 dev_client,
                 fleet,
@@ -191,6 +203,11 @@ async def e2e_stack(
                 sim,
                 var_dir,
             )
+            try:
+                yield stack
+            finally:
+                for user_client in stack.users.values():
+                    await user_client.aclose()
     await fleet.stop()
     await mdm.aclose()
     await engine.dispose()

@@ -28,6 +28,7 @@ from protocol import routing
 from tests.conftest import start_time_skipping
 from tests.workflow_harness import (
     RecordingEscrow,
+    RecordingGovernance,
     RecordingHolds,
     RecordingInventory,
     RecordingMdm,
@@ -117,6 +118,7 @@ async def main() -> None:
     # plain payloads: the replay test reads them with any install's keys
     env = await start_time_skipping(pydantic_data_converter)
     mdm, inv, holds = RecordingMdm(), RecordingInventory(), RecordingHolds()
+    governance = RecordingGovernance()
     stored, escrow = StoredProfiles(), RecordingEscrow()
     stored.add("wifi", WIFI["PayloadIdentifier"], WIFI["PayloadUUID"])
     stored.add("vpn", VPN["PayloadIdentifier"], VPN["PayloadUUID"])
@@ -140,6 +142,7 @@ async def main() -> None:
             *stored.activities(),
             escrow.store_cms,
             escrow.has_secret,
+            *governance.activities(),
         ],
         workflow_runner=SandboxedWorkflowRunner(
             restrictions=SandboxRestrictions.default.with_passthrough_modules(*PASSTHROUGH)

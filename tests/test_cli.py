@@ -14,11 +14,16 @@ from tests.e2e_stack import API_KEY, E2E
 from tests.test_nanocmd_workflows import mobileconfig
 
 
-async def cli(e2e: E2E, capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, Any]:
-    """Run one CLI command in a thread (the API answers from this event loop)."""
+async def cli(
+    e2e: E2E, capsys: pytest.CaptureFixture[str], *argv: str, user: tuple[str, str] | None = None
+) -> tuple[int, Any]:
+    """Run one CLI command in a thread (the API answers from this event loop), as
+    ``nanocmd`` or as ``user`` (name, key)."""
     capsys.readouterr()
+    name, key = user or ("nanocmd", API_KEY)
+    url = str(e2e.api.base_url).rstrip("/")
     code = await asyncio.to_thread(
-        main, [*argv, "--api-url", str(e2e.api.base_url).rstrip("/"), "--api-key", API_KEY]
+        main, [*argv, "--api-url", url, "--user", name, "--api-key", key]
     )
     out = capsys.readouterr().out
     try:
@@ -98,7 +103,10 @@ async def test_events_profiles_and_escrow_through_the_cli(
     (eid,) = await e2e.enroll(1)
     code, summary = await cli(e2e, capsys, "escrow", "summary", eid)
     assert code == 0 and summary == {}
-    code, missing = await cli(e2e, capsys, "escrow", "pin", eid, "--reason", "audit")
+    refused, _ = await cli(e2e, capsys, "escrow", "pin", eid, "--reason", "audit")
+    assert refused == 1  # nanocmd is an operator here: secrets need the escrow role
+    escrow = ("keeper", await e2e.services.users.add("keeper", "escrow"))
+    code, missing = await cli(e2e, capsys, "escrow", "pin", eid, "--reason", "audit", user=escrow)
     assert code == 1 and "no pin escrowed" in missing["error"]
 
 

@@ -15,6 +15,7 @@ from store.events import Subscription
 from tests.e2e_stack import E2E, INVENTORY, ended
 
 DEVINFOLOG = "io.micromdm.wf.devinfolog.v1"
+CMDPLAN = "io.micromdm.wf.cmdplan.v1"  # its context names a command plan
 
 
 async def runs_of(
@@ -51,7 +52,7 @@ async def test_event_api_validates_and_round_trips(e2e: E2E) -> None:
         resp = await e2e.api.put("/v1/event/x", json=body)
         assert resp.status_code == 400 and reason in resp.json()["error"], resp.text
     assert (await e2e.api.get("/v1/event/missing")).status_code == 404
-    await put_event(e2e, "nightly-check", event="Authenticate", workflow=DEVINFOLOG, context="c")
+    await put_event(e2e, "nightly-check", event="Authenticate", workflow=CMDPLAN, context="c")
     got = (await e2e.api.get("/v1/event/nightly-check")).json()
     assert got["event"] == "Authenticate" and got["context"] == "c" and got["starts"] == 0
     assert "nightly-check" in (await e2e.api.get("/v1/events")).json()

@@ -94,11 +94,8 @@ async def run(
 
 
 async def secret(e2e: E2E, eid: str, kind: str, **params: Any) -> dict[str, Any]:
-    resp = await e2e.api.get(
-        f"/v1/escrow/{eid}/{kind}",
-        params={"reason": "test", **params},
-        headers={"X-Mdmflow-Actor": "alice"},
-    )
+    escrow = await e2e.as_role("escrow")
+    resp = await escrow.get(f"/v1/escrow/{eid}/{kind}", params={"reason": "test", **params})
     assert resp.status_code == 200, resp.text
     body: dict[str, Any] = resp.json()
     SEEN_SECRETS.update(s["secret"] for s in body["secrets"])
@@ -119,7 +116,7 @@ async def test_lock_escrows_a_random_pin_the_device_got(e2e: E2E) -> None:
     assert lock["pin_sha256"] == hashlib.sha256(pin.encode()).hexdigest()
     assert lock["message"] == "Call IT"
     access = (await e2e.api.get(f"/v1/escrow/{eid}/access")).json()
-    assert access[-1]["who"].startswith("alice") and access[-1]["reason"] == "test"
+    assert access[-1]["who"].startswith("escrow-e2e@") and access[-1]["reason"] == "test"
     inventory = (await e2e.api.get("/v1/inventory", params={"id": eid})).json()
     assert pin not in json.dumps(inventory)
 
@@ -226,6 +223,8 @@ async def test_escrowed_key_survives_a_restart_of_the_api(e2e: E2E) -> None:
         "MDMFLOW_DB_URL": e2e.store_url,
         "MDMFLOW_VAR_DIR": str(e2e.var_dir),
         "MDMFLOW_API_KEY": "restart-key",
+        # NanoCMD's user with the escrow role: the role is configurable
+        "MDMFLOW_NANOCMD_ROLE": "escrow",
         "MDMFLOW_LISTEN": f"127.0.0.1:{port}",
     }
     proc = subprocess.Popen([sys.executable, "-m", "mdmflow", "serve"], env=env)
@@ -474,9 +473,12 @@ async def test_fvenable_uses_a_stored_template(e2e: E2E) -> None:
     custom = builtin.replace(
         "<string>io.micromdm.wf.fvenable.v1.profile</string>", "<string>com.example.fv</string>"
     )
-    resp = await e2e.api.put(f"/v1/profile/{FVENABLE}", content=custom.encode())
+    operator = await e2e.api.put(f"/v1/profile/{FVENABLE}", content=custom.encode())
+    assert operator.status_code == 403 and "admin" in operator.json()["error"]
+    admin = await e2e.as_role("admin")
+    resp = await admin.put(f"/v1/profile/{FVENABLE}", content=custom.encode())
     assert resp.status_code == 204, resp.text
-    no_placeholder = await e2e.api.put(f"/v1/profile/{FVENABLE}", content=mobileconfig("a", "b"))
+    no_placeholder = await admin.put(f"/v1/profile/{FVENABLE}", content=mobileconfig("a", "b"))
     assert no_placeholder.status_code == 400 and "__CERTIFICATE__" in no_placeholder.json()["error"]
     try:
         (eid,) = await e2e.enroll(1)
@@ -485,4 +487,4 @@ async def test_fvenable_uses_a_stored_template(e2e: E2E) -> None:
             eid
         )
     finally:
-        await e2e.api.delete(f"/v1/profile/{FVENABLE}")
+        await admin.delete(f"/v1/profile/{FVENABLE}")

@@ -31,7 +31,7 @@ from relay.webhook_auth import WebhookAuth
 from starter.api import create_app
 from tests.conftest import FIXTURES
 from tests.workflow_harness import RecordingInventory, RecordingMdm, enrollment
-from worker import PASSTHROUGH
+from worker import PASSTHROUGH, governance_activities
 from workflows.catalog import ALL_WORKFLOWS
 from workflows.registry import BY_NAME
 
@@ -98,6 +98,7 @@ async def stack(dev_client: Client, store_engine: AsyncEngine) -> AsyncIterator[
                 *mdm.activities(),
                 *inventory.activities(),
                 HoldActivities(services.holds).release,
+                *governance_activities(services),
             ],
             workflow_runner=SandboxedWorkflowRunner(
                 restrictions=SandboxRestrictions.default.with_passthrough_modules(*PASSTHROUGH)

@@ -13,25 +13,27 @@ from tests.e2e_stack import E2E
 from workflows.models import FleetInput
 
 DEVINFOLOG = "io.micromdm.wf.devinfolog.v1"
+LOCK = "io.micromdm.wf.lock.v1"
 
 
 async def test_ids_in_body_query_or_both_all_start_once(e2e: E2E) -> None:
     a, b, c = await e2e.enroll(3)
+    context = '{"message": "from-body"}'
     resp = await e2e.api.post(
-        f"/v1/workflow/{DEVINFOLOG}/start",
+        f"/v1/workflow/{LOCK}/start",
         params={"id": a},
-        json={"ids": [b, c, a], "context": "from-body"},
+        json={"ids": [b, c, a], "context": context},
     )
     assert resp.status_code == 200, resp.text
     assert sorted(resp.json()["started"]) == sorted([a, b, c])
-    e2e.note_started(DEVINFOLOG, resp.json(), [a, b, c])
+    e2e.note_started(LOCK, resp.json(), [a, b, c])
     for eid in (a, b, c):
-        assert (await e2e.result(DEVINFOLOG, eid))["status"] == "completed"
-    handle = e2e.client.get_workflow_handle(await e2e.run_of(DEVINFOLOG, b))
+        assert (await e2e.result(LOCK, eid))["status"] == "completed"
+    handle = e2e.client.get_workflow_handle(await e2e.run_of(LOCK, b))
     started = (await handle.fetch_history()).events[0].workflow_execution_started_event_attributes
     # payloads are encrypted in history: read the input through the client's codec
     (inp,) = await e2e.client.data_converter.decode(started.input.payloads, [FleetInput])
-    assert inp.context == "from-body"
+    assert inp.context == context
     assert sorted(inp.enrollment_ids) == sorted([a, b, c])  # one fleet run, each ID once
 
 

@@ -16,6 +16,7 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxR
 
 from protocol import routing
 from tests.workflow_harness import (
+    RecordingGovernance,
     RecordingHolds,
     RecordingInventory,
     RecordingMdm,
@@ -49,6 +50,7 @@ class Harness:
         self.mdm = RecordingMdm()
         self.inventory = RecordingInventory()
         self.holds = RecordingHolds()
+        self.governance = RecordingGovernance()
 
     async def start(
         self, workflow: str = InventoryWorkflow.NAME, **kw: object
@@ -98,7 +100,12 @@ async def harness_on(
         env.client,
         task_queue=h.queue,
         workflows=list(ALL_WORKFLOWS),
-        activities=[*h.mdm.activities(), *h.inventory.activities(), h.holds.release],
+        activities=[
+            *h.mdm.activities(),
+            *h.inventory.activities(),
+            h.holds.release,
+            *h.governance.activities(),
+        ],
         workflow_runner=SandboxedWorkflowRunner(
             restrictions=SandboxRestrictions.default.with_passthrough_modules(*PASSTHROUGH)
         ),

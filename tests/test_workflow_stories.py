@@ -155,6 +155,7 @@ async def stories_on(env: WorkflowEnvironment) -> AsyncIterator[Stories]:
             *h.stored.activities(),
             h.escrow.store_cms,
             h.escrow.has_secret,
+            *h.governance.activities(),
         ],
         workflow_runner=SandboxedWorkflowRunner(
             restrictions=SandboxRestrictions.default.with_passthrough_modules(*PASSTHROUGH)

@@ -39,7 +39,7 @@ from activities.models import (
 from mdmflow.temporal_calls.runs import run_result
 from protocol import plist
 from protocol.results import CommandReport, parse_report
-from workflows.models import FleetResult
+from workflows.models import EmergencyStopNotice, FleetResult, GateInput, GateResult
 
 
 class RecordingMdm:
@@ -133,6 +133,37 @@ class RecordingHolds:
     async def release(self, inp: ReleaseHolds) -> int:
         self.released.extend(inp.enrollment_ids or [])
         return len(inp.enrollment_ids or [])
+
+
+class RecordingGovernance:
+    """The emergency stop and the policy's verdict as a test sets them; records asks."""
+
+    def __init__(self) -> None:
+        self.stop: EmergencyStopNotice | None = None
+        self.verdict = GateResult(allowed=True)
+        self.gates: list[GateInput] = []
+        self.requested: list[GateInput] = []
+        self.decided: list[tuple[str, str, str]] = []
+
+    @activity.defn(name="governance.emergency_stop")
+    async def emergency_stop(self, workflow_name: str) -> EmergencyStopNotice | None:
+        return self.stop
+
+    @activity.defn(name="governance.gate")
+    async def gate(self, inp: GateInput) -> GateResult:
+        self.gates.append(inp)
+        return self.verdict
+
+    @activity.defn(name="governance.request_approval")
+    async def request_approval(self, inp: GateInput) -> None:
+        self.requested.append(inp)
+
+    @activity.defn(name="governance.approval_decided")
+    async def approval_decided(self, instance_id: str, status: str, by: str, reason: str) -> None:
+        self.decided.append((instance_id, status, by))
+
+    def activities(self) -> list[Any]:
+        return [self.emergency_stop, self.gate, self.request_approval, self.approval_decided]
 
 
 class StoredProfiles:

@@ -24,6 +24,7 @@ Verified: the device's acknowledgement of InstallProfile.
 from __future__ import annotations
 
 import json
+from typing import ClassVar
 
 from temporalio import workflow
 
@@ -59,6 +60,7 @@ class CertProfContext(BaseModel):
 class CertProfWorkflow(MdmWorkflow):
     NAME = "io.micromdm.wf.certprof.v1"
     CODE = "crt"
+    CONTEXT: ClassVar[type[BaseModel]] = CertProfContext  # strict JSON (workflows.contexts)
 
     @workflow.run
     async def run(self, inp: WorkflowInput) -> RunResult:

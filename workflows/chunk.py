@@ -58,7 +58,9 @@ with workflow.unsafe.imports_passed_through():
         SEND_HEARTBEAT_TIMEOUT,
         _enqueue_failed,
     )
+    from workflows.governed import Governance, destructive
     from workflows.models import (
+        GOVERNANCE_REVISION,
         CommandProgress,
         FleetInput,
         StepOutcome,
@@ -161,6 +163,13 @@ class Chunk:
         self._retarget = False
         self._step_shown: str | None = None
         # set when a device starts a step or ends: the run's details need a refresh
+        self.progressed = True
+        # the emergency stop, policy re-checks and approvals (engine revision 5)
+        self.gov: Governance | None = None
+        if inp.revision >= GOVERNANCE_REVISION:
+            self.gov = Governance(inp, self._touch)
+
+    def _touch(self) -> None:
         self.progressed = True
 
     def __len__(self) -> int:
@@ -287,6 +296,14 @@ class Chunk:
         not_until: datetime | None,
     ) -> StepOutcome:
         await self._boundary(dev)
+        if self.gov is not None and not dev._compensating:
+            await self.gov.boundary(dev, lambda: _stopping(dev))
+            if _stopping(dev):
+                raise RunStopped()
+            if destructive(commands):
+                await self.gov.before_destructive(dev, name, lambda: _stopping(dev))
+                if _stopping(dev):
+                    raise RunStopped()
         await dev.before_step(name)
         dev._reset = None
         record = StepRecord(name=name, status="waiting", started_at=workflow.now())

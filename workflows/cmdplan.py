@@ -28,9 +28,13 @@ Verified: each installed profile is on the device with the stored PayloadUUID.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
+    from pydantic import BaseModel
+
     from activities.models import (
         CmdPlanRequest,
         CmdPlanResult,
@@ -45,15 +49,29 @@ with workflow.unsafe.imports_passed_through():
         profile_list,
         remove_profile,
     )
+    from workflows.contexts import ContextError
     from workflows.engine import MdmWorkflow
     from workflows.models import RunResult, WorkflowInput
     from workflows.profile import VERIFIED_REVISION, profiles_on, verify_profiles
+
+
+class PlanName(BaseModel):
+    """NanoCMD's context of this workflow: a command plan's name, looked up as given."""
+
+    name: str
+
+    @classmethod
+    def from_context(cls, context: str | None) -> PlanName:
+        if not context or not context.strip():
+            raise ContextError("context", "required: the name of a command plan")
+        return cls(name=context)
 
 
 @workflow.defn(name="io.micromdm.wf.cmdplan.v1")
 class CmdPlanWorkflow(MdmWorkflow):
     NAME = "io.micromdm.wf.cmdplan.v1"
     CODE = "cmp"
+    CONTEXT: ClassVar[type[BaseModel]] = PlanName
 
     @workflow.run
     async def run(self, inp: WorkflowInput) -> RunResult:

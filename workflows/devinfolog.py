@@ -15,12 +15,17 @@ Verified: nothing beyond the answer itself.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
+    from pydantic import BaseModel
+
     from activities.models import DeviceInfoLogEntry
     from protocol.commands import device_information
     from protocol.results import DeviceInformationResponse, typed
+    from workflows.contexts import NoContext
     from workflows.engine import MdmWorkflow
     from workflows.models import RunResult, WorkflowInput
 
@@ -29,6 +34,7 @@ with workflow.unsafe.imports_passed_through():
 class DevInfoLogWorkflow(MdmWorkflow):
     NAME = "io.micromdm.wf.devinfolog.v1"
     CODE = "dil"
+    CONTEXT: ClassVar[type[BaseModel]] = NoContext  # NanoCMD: none
     ON_ENROLLMENT_RESET = "restart"
 
     @workflow.run

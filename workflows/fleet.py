@@ -10,6 +10,10 @@ What reaches the run:
 - ``command_reports``: device answers, batched by the relay; each goes to the device it
   names (a report for a device not in this chunk is rejected and counted);
 - ``enrollment_reset``: the device re-enrolled or checked out;
+- ``emergency_stop``: the emergency stop engaged or released (engine revision 5: devices
+  halt at their next step boundary, see :mod:`workflows.governed`);
+- the update ``approval``: an approver's decision on a run waiting before a destructive
+  step (never the starter's own);
 - queries ``state`` (one device), ``states`` (a page of devices) and ``summary``.
 
 A device whose story fails (a device Error, an unknown enrollment, a missing escrowed
@@ -32,10 +36,12 @@ with workflow.unsafe.imports_passed_through():
     from workflows.chunk import Chunk, RunStopped
     from workflows.engine import MdmWorkflow
     from workflows.models import (
+        ApprovalDecision,
         ControlAction,
         ControlRequest,
         ControlResult,
         DeviceStatesPage,
+        EmergencyStopNotice,
         EnrollmentReset,
         FailureType,
         FleetInput,
@@ -85,6 +91,7 @@ class FleetRunWorkflow:
     def __init__(self) -> None:
         self._chunk: Chunk | None = None
         self._early: list[CommandReport | EnrollmentReset] = []
+        self._early_stops: list[EmergencyStopNotice] = []
         self._rejected = 0
 
     @workflow.run
@@ -106,9 +113,17 @@ class FleetRunWorkflow:
         for early in self._early:  # signals that came with the run's first task
             self._deliver(early)
         self._early = []
+        gov = chunk.gov
+        if gov is not None:
+            # a stop engaged before this run was visible to the API's broadcast
+            await gov.read_stop()
+            for notice in self._early_stops:
+                gov.hear(notice)
+        self._early_stops = []
 
         pump = asyncio.create_task(chunk.pump())
         clock = asyncio.create_task(chunk.clock())
+        watch = asyncio.create_task(gov.watch()) if gov is not None else None
         details = asyncio.create_task(self._details(inp, chunk))
         lives = [
             asyncio.create_task(self._live(inp, eid, dev)) for eid, dev in chunk.devices.items()
@@ -127,6 +142,9 @@ class FleetRunWorkflow:
         for task in lives:
             task.result()  # a bug in a story fails the workflow task, not silently
         chunk.close()
+        if gov is not None and watch is not None:
+            gov.closing = True
+            await watch
         await pump
         await clock
         await details
@@ -186,10 +204,14 @@ class FleetRunWorkflow:
             text = f"**{inp.workflow_name}**, {summary.devices} device(s): {', '.join(parts)}"
             if steps:
                 text += f" ({steps})"
+            if summary.halted:
+                text = f"**HALTED**: {summary.halted}\n\n{text}"
+            if summary.awaiting_approval:
+                text = f"**Waits for approval** (GET /v1/approvals)\n\n{text}"
             waiting = [
                 f"- {dev._state.enrollment_id}: {dev._state.message}"
                 for dev in list(chunk.devices.values())[:DETAILS_DEVICES]
-                if dev._state.status in ("paused", "suspended")
+                if dev._state.status in ("paused", "suspended", "halted", "awaiting_approval")
             ]
             workflow.set_current_details("\n".join([text, *waiting]))
             if all(dev._state.status in ENDED for dev in chunk.devices.values()):
@@ -302,6 +324,34 @@ class FleetRunWorkflow:
             reasons = sorted(set(result.refused.values()))
             raise ValueError(f"{req.action}: nothing to do ({'; '.join(reasons)})")
 
+    # ---- governance ------------------------------------------------------------------
+
+    @workflow.signal
+    def emergency_stop(self, notice: EmergencyStopNotice) -> None:
+        """The emergency stop engaged or released (broadcast by the API)."""
+        if self._chunk is None:
+            self._early_stops.append(notice)
+        elif self._chunk.gov is not None:
+            self._chunk.gov.hear(notice)
+
+    @workflow.update
+    def approval(self, decision: ApprovalDecision) -> str:
+        """An approver's decision on this run's destructive step."""
+        assert self._chunk is not None and self._chunk.gov is not None
+        self._chunk.gov.decision = decision
+        verb = "approved" if decision.approve else "rejected"
+        workflow.logger.info("%s by %s", verb, decision.user)
+        return verb
+
+    @approval.validator
+    def validate_approval(self, decision: ApprovalDecision) -> None:
+        """Refused (nothing enters history) when not waiting, or from the starter."""
+        if self._chunk is None or self._chunk.gov is None:
+            raise ValueError("this run does not take approvals")
+        why = self._chunk.gov.refuse_decision(decision)
+        if why is not None:
+            raise ValueError(why)
+
     # ---- signals ---------------------------------------------------------------------
 
     def _deliver(self, item: CommandReport | EnrollmentReset) -> None:
@@ -385,4 +435,6 @@ class FleetRunWorkflow:
             by_step=dict(Counter(s.current_step for s in states if s.current_step)),
             ignored_reports=sum(s.ignored_reports for s in states),
             rejected_reports=self._rejected + sum(s.rejected_reports for s in states),
+            halted=self._chunk.gov.halted if self._chunk.gov else None,
+            awaiting_approval=bool(self._chunk.gov and self._chunk.gov.awaiting_approval),
         )

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 from datetime import timedelta
+from typing import ClassVar
 
 from temporalio import workflow
 
@@ -49,6 +50,7 @@ class PollContext(BaseModel):
 class FileVaultEnableWorkflow(MdmWorkflow):
     NAME = "io.micromdm.wf.fvenable.v1"
     CODE = "fve"
+    CONTEXT: ClassVar[type[BaseModel]] = PollContext  # strict JSON (workflows.contexts)
     # up to 180 polls a device; devices drift apart over time, each poll round then
     # costs more sends: smaller chunks keep a run's history well inside Temporal's limits
     MAX_CHUNK = 250

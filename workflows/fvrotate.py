@@ -21,11 +21,16 @@ Verified: the new key decrypts (inside ``escrow.store_cms``) before it is escrow
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
+    from pydantic import BaseModel
+
     from activities.models import EscrowQuery
     from protocol.commands import rotate_filevault_key
+    from workflows.contexts import NoContext
     from workflows.engine import MdmWorkflow
     from workflows.escrowing import escrow_recovery_key
     from workflows.models import FLEET_REVISION, RunResult, WorkflowInput
@@ -38,6 +43,7 @@ PRECHECK_REVISION = FLEET_REVISION
 class FileVaultRotateWorkflow(MdmWorkflow):
     NAME = "io.micromdm.wf.fvrotate.v1"
     CODE = "fvr"
+    CONTEXT: ClassVar[type[BaseModel]] = NoContext  # NanoCMD: none
 
     async def precondition(self) -> str | None:
         """Why the rotation cannot start, or None: no escrowed key to unlock with."""

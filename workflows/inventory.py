@@ -18,11 +18,13 @@ FileVault and SIP values too (AllCommandResponse).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
+    from pydantic import BaseModel
+
     from activities.models import InventoryUpdate
     from protocol.commands import device_information, security_info
     from protocol.results import (
@@ -31,6 +33,7 @@ with workflow.unsafe.imports_passed_through():
         SecurityInfoResponse,
         typed,
     )
+    from workflows.contexts import NoContext
     from workflows.engine import MdmWorkflow
     from workflows.models import RunResult, WorkflowInput
     from workflows.storing import store_inventory
@@ -68,6 +71,7 @@ def security_values(report: CommandReport) -> dict[str, Any]:
 class InventoryWorkflow(MdmWorkflow):
     NAME = "io.micromdm.wf.inventory.v1"
     CODE = "inv"
+    CONTEXT: ClassVar[type[BaseModel]] = NoContext  # NanoCMD: none
     ON_ENROLLMENT_RESET = "restart"
     ALL_COMMAND_RESPONSE_TYPES = frozenset({"SecurityInfo"})
 

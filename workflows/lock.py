@@ -19,6 +19,7 @@ Verified: the device's acknowledgement of DeviceLock.
 from __future__ import annotations
 
 import json
+from typing import ClassVar
 
 from temporalio import workflow
 
@@ -26,6 +27,7 @@ with workflow.unsafe.imports_passed_through():
     from pydantic import BaseModel, ValidationError
 
     from protocol.commands import device_lock
+    from workflows.contexts import ContextError, from_json
     from workflows.engine import MdmWorkflow
     from workflows.models import RunResult, WorkflowInput
 
@@ -46,11 +48,31 @@ class LockContext(BaseModel):
             return cls(message=context)
         return cls.model_validate(doc)
 
+    @classmethod
+    def from_context(cls, context: str | None) -> LockContext:
+        """Strictly, before a start: a JSON object of these fields, or a plain message
+        that is not JSON at all. Broken JSON (``{"message":"oops``) and other JSON values
+        are refused rather than shown on the device's lock screen."""
+        if not context:
+            return cls()
+        if context.lstrip()[:1] in ("{", "["):
+            return from_json(cls, context)
+        try:
+            json.loads(context)
+        except ValueError:
+            if not context.strip():
+                raise ContextError("context", "a blank message") from None
+            return cls(message=context)
+        raise ContextError(
+            "context", 'a JSON value that is not an object: give {"message": ...} or plain text'
+        )
+
 
 @workflow.defn(name="io.micromdm.wf.lock.v1")
 class LockWorkflow(MdmWorkflow):
     NAME = "io.micromdm.wf.lock.v1"
     CODE = "lck"
+    CONTEXT: ClassVar[type[BaseModel]] = LockContext
     ON_ENROLLMENT_RESET = "fail"
 
     @workflow.run

@@ -20,9 +20,13 @@ from protocol.results import CommandReport
 # every run). Revisions: 1 = v0.1 (store writes as activities); 2 = store writes as
 # local activities; 3 = idempotent, bounded sends that a finished step stops waiting for
 # (``workflows.engine.IDEMPOTENT_SEND_REVISION``); 4 = fleet runs: one run drives a chunk
-# of enrollments (``workflows.fleet``), a start no longer starts one run per device.
-ENGINE_REVISION = 4
+# of enrollments (``workflows.fleet``), a start no longer starts one run per device;
+# 5 = governance: the emergency stop halts runs at step boundaries, and a destructive
+# step is preceded by a policy check and, where the policy says so, an approval
+# (``workflows.governed``).
+ENGINE_REVISION = 5
 FLEET_REVISION = 4
+GOVERNANCE_REVISION = 5
 
 
 class RevisionTooNew(RuntimeError):
@@ -167,7 +171,15 @@ def error_chain(errors: list[CommandReport]) -> str:
 
 
 RunStatus = Literal[
-    "running", "paused", "suspended", "completed", "failed", "cancelled", "timed_out"
+    "running",
+    "paused",
+    "suspended",
+    "halted",  # by the emergency stop, at a step boundary; resumes when it is released
+    "awaiting_approval",  # before a destructive step, for a second person's approval
+    "completed",
+    "failed",
+    "cancelled",
+    "timed_out",
 ]
 # What a failed run's ApplicationError is typed as (the Web UI and the API show it).
 FailureType = Literal[
@@ -178,6 +190,8 @@ FailureType = Literal[
     "EnqueueFailed",
     "Aborted",
     "BadInput",
+    "PolicyRefused",
+    "NotApproved",
     "WorkflowFailed",
 ]
 
@@ -225,6 +239,12 @@ class FleetInput(BaseModel):
     retries: int = Field(default=0, ge=0, le=MAX_RETRIES)
     retry_backoff_seconds: PositiveFloat = 60.0
     rollback: bool = False
+    # Who started the run (governance, revision 5): the policy is checked again for
+    # this role before a destructive step, and an approver must be someone else.
+    started_by: str = ""
+    started_role: str = ""
+    # Devices of the whole start (all chunks), as the policy's max_targets counts them.
+    target_count: int = 0
 
     def device_input(self, enrollment_id: str) -> WorkflowInput:
         return WorkflowInput(
@@ -265,6 +285,9 @@ class FleetSummary(BaseModel):
     by_step: dict[str, int]
     ignored_reports: int = 0
     rejected_reports: int = 0
+    # the emergency stop's sentence while it halts this run (engine revision 5)
+    halted: str | None = None
+    awaiting_approval: bool = False
 
 
 ControlAction = Literal["cancel", "pause", "resume", "retry", "skip", "abort"]
@@ -291,3 +314,42 @@ class DeviceStatesPage(BaseModel):
 
     states: list[RunState]
     next_after: str | None = None
+
+
+class EmergencyStopNotice(BaseModel):
+    """The emergency stop engaged or released, as the API broadcasts it to runs."""
+
+    engaged: bool
+    scope: str = "*"  # "*" or one workflow name
+    reason: str = ""
+    by: str = ""
+
+
+class ApprovalDecision(BaseModel):
+    """A second person's decision on a run that waits before its destructive step."""
+
+    approve: bool
+    user: str
+    reason: str = ""
+
+
+class GateInput(BaseModel):
+    """What the pre-destructive check needs to know about the run."""
+
+    workflow_name: str
+    instance_id: str
+    started_by: str
+    started_role: str
+    target_count: int
+    step: str
+
+
+class GateResult(BaseModel):
+    """The policy's word right before a destructive step."""
+
+    allowed: bool
+    reason: str = ""
+    approval_required: bool = False
+    approval_timeout_seconds: float = 86400.0
+    # the emergency stop blocking this workflow (a sentence), if any
+    stopped: str | None = None

@@ -30,9 +30,13 @@ ones are absent.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
+    from pydantic import BaseModel
+
     from activities.models import ProfileInfoRequest, ProfileInfoResult, ProfileSummary
     from protocol.commands import (
         Command,
@@ -41,6 +45,7 @@ with workflow.unsafe.imports_passed_through():
         remove_profile,
     )
     from protocol.results import ProfileListResponse, typed
+    from workflows.contexts import ContextError
     from workflows.engine import MdmWorkflow
     from workflows.models import FLEET_REVISION, RunResult, StepOutcome, WorkflowInput
 
@@ -62,6 +67,33 @@ def parse_context(context: str | None) -> tuple[list[str], list[str]]:
         elif name and name != "-":
             install.append(name)
     return install, remove
+
+
+class ProfileListContext(BaseModel):
+    """NanoCMD's profile list, checked strictly before a start: ``"wifi,vpn,-old"``
+    installs wifi and vpn and removes old. Names are trimmed as :func:`parse_context`
+    trims them; an empty name, a lone ``-`` or a name given twice is refused."""
+
+    install: list[str] = []
+    remove: list[str] = []
+
+    @classmethod
+    def from_context(cls, context: str | None) -> ProfileListContext:
+        if not context:
+            raise ContextError("context", "required: profile names, '-name' to remove")
+        install: list[str] = []
+        remove: list[str] = []
+        for position, item in enumerate(context.split(","), 1):
+            name = item.strip()
+            removing = name.startswith("-")
+            if removing:
+                name = name[1:].strip()
+            if not name:
+                raise ContextError(f"profile {position}", "an empty profile name")
+            if name in install or name in remove:
+                raise ContextError(name, "named twice")
+            (remove if removing else install).append(name)
+        return cls(install=install, remove=remove)
 
 
 def profiles_on(listed: StepOutcome) -> dict[str, str]:
@@ -108,6 +140,7 @@ def failed_report(report: dict[str, str]) -> bool:
 class ProfileWorkflow(MdmWorkflow):
     NAME = "io.micromdm.wf.profile.v1"
     CODE = "prf"
+    CONTEXT: ClassVar[type[BaseModel]] = ProfileListContext
 
     @workflow.run
     async def run(self, inp: WorkflowInput) -> RunResult:

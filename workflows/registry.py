@@ -6,6 +6,7 @@ from workflows.certprof import CertProfWorkflow
 from workflows.cmdplan import CmdPlanWorkflow
 from workflows.devinfolog import DevInfoLogWorkflow
 from workflows.engine import MdmWorkflow
+from workflows.erase import EraseWorkflow
 from workflows.fvenable import FileVaultEnableWorkflow
 from workflows.fvrotate import FileVaultRotateWorkflow
 from workflows.inventory import InventoryWorkflow
@@ -21,6 +22,7 @@ WORKFLOWS: tuple[type[MdmWorkflow], ...] = (
     CertProfWorkflow,
     FileVaultEnableWorkflow,
     FileVaultRotateWorkflow,
+    EraseWorkflow,
 )
 
 BY_NAME: dict[str, type[MdmWorkflow]] = {w.NAME: w for w in WORKFLOWS}

@@ -102,8 +102,14 @@ async def start_workflow(
     rollback: bool = False,
     retries: int = 0,
     retry_backoff_seconds: float = 60.0,
+    started_by: str = "",
+    started_role: str = "",
 ) -> StartResult:
-    """Start ``name`` for each ID; ``step_timeout`` (seconds) overrides the engine's 72 h."""
+    """Start ``name`` for each ID; ``step_timeout`` (seconds) overrides the engine's 72 h.
+
+    ``started_by``/``started_role``: who asked; a run checks the policy again for that
+    role before a destructive step, and its approver must be someone else.
+    """
     wf = BY_NAME.get(name)
     if wf is None:
         raise StartError(f"unknown workflow {name!r}; known: {', '.join(sorted(BY_NAME))}")
@@ -137,6 +143,9 @@ async def start_workflow(
             rollback=rollback,
             retries=retries,
             retry_backoff_seconds=retry_backoff_seconds,
+            started_by=started_by,
+            started_role=started_role,
+            target_count=len(ids),
         )
         pairs = [
             SearchAttributePair(sa.WORKFLOW_NAME, name),

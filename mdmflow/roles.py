@@ -1,0 +1,38 @@
+"""Roles and what each may do: the one table the API's checks and its 403s come from.
+
+Roles are not a ladder: an approver cannot start runs and an operator cannot approve, so
+the person who approves a destructive run is never the one who asked for it by accident
+of holding "more" rights. Every role may read runs, inventory and the audit log.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from store.users import ROLES as ROLES
+from store.users import Role as Role
+
+Permission = Literal["read", "operate", "approve", "admin", "escrow"]
+
+GRANTS: dict[Permission, frozenset[Role]] = {
+    # runs, inventory, profiles, plans, events, schedules, audit: reading
+    "read": frozenset({"viewer", "operator", "approver", "admin", "escrow"}),
+    # start and control runs; edit profiles, command plans, events, schedules
+    "operate": frozenset({"operator", "admin"}),
+    # approve or reject a run waiting for a second person
+    "approve": frozenset({"approver"}),
+    # users, policy, the emergency stop, the FileVault escrow template
+    "admin": frozenset({"admin"}),
+    # FileVault recovery keys and lock/erase PINs (a reason is required)
+    "escrow": frozenset({"escrow"}),
+}
+
+
+def allows(role: str, permission: Permission) -> bool:
+    return role in GRANTS[permission]
+
+
+def needed(permission: Permission) -> str:
+    """The roles that grant ``permission``, for a 403 a person can act on."""
+    roles = sorted(GRANTS[permission])
+    return roles[0] if len(roles) == 1 else " or ".join(roles)
