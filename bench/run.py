@@ -22,11 +22,19 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-NAMES = ("engine_overhead", "relay", "step_latency", "fleet", "settings", "scale_out")
+NAMES = (
+    "engine_overhead",
+    "relay",
+    "step_latency",
+    "fleet",
+    "settings",
+    "scale_out",
+    "estop",
+)
 
 
 def _jobs(args: argparse.Namespace) -> dict[str, Callable[[], Awaitable[dict[str, Any]]]]:
-    from bench import engine_overhead, fleet, relay, scale_out, settings, step_latency
+    from bench import engine_overhead, estop, fleet, relay, scale_out, settings, step_latency
 
     return {
         "engine_overhead": lambda: engine_overhead.run(args.workflows),
@@ -36,6 +44,8 @@ def _jobs(args: argparse.Namespace) -> dict[str, Callable[[], Awaitable[dict[str
         "settings": lambda: settings.run(150),
         # needs PostgreSQL (MDMFLOW_TEST_PG_URL); 1,000 devices whatever --devices says
         "scale_out": lambda: scale_out.run(1000),
+        # 1,000 running runs whatever --devices says
+        "estop": lambda: estop.run(1000),
     }
 
 
@@ -47,6 +57,20 @@ def _summary(results: dict[str, dict[str, Any]]) -> list[tuple[str, str]]:
             ("mdmflow devinfolog (fleet runs), devices/s", f"{e['mdmflow']['workflows_per_s']}"),
             ("mdmflow / floor ratio", f"{e['ratio']}"),
             ("ratio, worker + API as processes", f"{e['processes']['ratio']}"),
+        ]
+    if x := results.get("estop"):
+        rows += [
+            (
+                f"emergency stop, {x['runs']} running runs: all halted after (s)",
+                f"{x['halted_after_s']['all_s']} (p50 {x['halted_after_s']['p50_ms']} ms)",
+            ),
+            ("  all halted within 5 s", f"{x['all_halted_within_5_s']}"),
+            ("  start while engaged: HTTP status", f"{x['start_while_engaged_status']}"),
+            ("  InstallProfile sent while halted", f"{x['installs_sent_while_halted']}"),
+            (
+                "  after release: completed, each command exactly once",
+                f"{x['completed_after_release']}, {x['devices_with_each_command_exactly_once']}",
+            ),
         ]
     if r := results.get("relay"):
         c, b, s = r["command_reports"], r["checkin_burst"], r["raw_client_signal"]

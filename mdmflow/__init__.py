@@ -11,7 +11,7 @@ repository root, which holds the same folders, takes its place.
 import os
 import sys
 
-__version__ = "0.4.0"
+__version__ = "0.5.0"
 
 
 def app_root() -> str:

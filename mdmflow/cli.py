@@ -80,9 +80,11 @@ def _build() -> argparse.ArgumentParser:
 
     from starter.admin_cli import register as register_admin
     from starter.client_cli import register
+    from starter.governance_cli import register as register_governance
 
     register(sub)
     register_admin(sub)
+    register_governance(sub)
     try:
         from simulator.cli import register as register_sim
     except ImportError:  # pragma: no cover - the simulator ships with mdmflow

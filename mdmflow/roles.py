@@ -1,8 +1,9 @@
 """Roles and what each may do: the one table the API's checks and its 403s come from.
 
-Roles are not a ladder: an approver cannot start runs and an operator cannot approve, so
-the person who approves a destructive run is never the one who asked for it by accident
-of holding "more" rights. Every role may read runs, inventory and the audit log.
+Roles are not a ladder: an approver cannot start runs and an operator cannot approve;
+an admin may do both, but never approve a start of their own (the approval is checked
+against the starter by the API and by the run itself). Every role may read runs,
+inventory and the audit log; only the escrow role reads recovery keys and PINs.
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ GRANTS: dict[Permission, frozenset[Role]] = {
     "read": frozenset({"viewer", "operator", "approver", "admin", "escrow"}),
     # start and control runs; edit profiles, command plans, events, schedules
     "operate": frozenset({"operator", "admin"}),
-    # approve or reject a run waiting for a second person
-    "approve": frozenset({"approver"}),
+    # approve or reject a run waiting for a second person (never one's own start)
+    "approve": frozenset({"approver", "admin"}),
     # users, policy, the emergency stop, the FileVault escrow template
     "admin": frozenset({"admin"}),
     # FileVault recovery keys and lock/erase PINs (a reason is required)

@@ -37,13 +37,56 @@ def _state(scope: Scope) -> dict[str, Any]:
     return state
 
 
+# Each audited route's action name (path parameters filled in), the same whether the
+# call was done or refused before its handler ran (401, 403, 413, 422).
+ACTIONS: dict[tuple[str, str], str] = {
+    ("POST", "/v1/workflow/{name}/start"): "start",
+    ("POST", "/v1/workflow/{name}/plan"): "plan",
+    ("POST", "/v1/runs/{action}"): "runs.{action}",
+    ("POST", "/v1/approvals/{approval_id}/{decision}"): "approval.{decision}",
+    ("POST", "/v1/estop"): "estop.engage",
+    ("DELETE", "/v1/estop"): "estop.release",
+    ("POST", "/v1/users"): "user.add",
+    ("DELETE", "/v1/users/{name}"): "user.remove",
+    ("PUT", "/v1/profile/{name}"): "profile.put",
+    ("DELETE", "/v1/profile/{name}"): "profile.delete",
+    ("PUT", "/v1/cmdplan/{name}"): "cmdplan.put",
+    ("DELETE", "/v1/cmdplan/{name}"): "cmdplan.delete",
+    ("PUT", "/v1/event/{name}"): "event.put",
+    ("DELETE", "/v1/event/{name}"): "event.delete",
+    ("PUT", "/v1/schedule/{name}"): "schedule.put",
+    ("DELETE", "/v1/schedule/{name}"): "schedule.delete",
+    ("POST", "/v1/schedule/{name}/{action}"): "schedule.{action}",
+    ("GET", "/v1/escrow/{enrollment_id}/{kind}"): "escrow.read",
+}
+
+
 def _action(scope: Scope, state: dict[str, Any]) -> str:
     explicit = state.get("audit_action")
     if explicit:
         return str(explicit)
+    method = str(scope.get("method", ""))
     route = scope.get("route")
     path = getattr(route, "path", None) or str(scope.get("path", ""))
-    return f"{scope.get('method', '')} {path}"
+    template = ACTIONS.get((method, path))
+    if template is None:
+        return f"{method} {path}"
+    params = {k: str(v)[:40] for k, v in (scope.get("path_params") or {}).items()}
+    try:
+        return template.format(**params)
+    except (KeyError, IndexError):
+        return template
+
+
+def _targets(scope: Scope, state: dict[str, Any]) -> list[str]:
+    """The targets a handler noted; before it ran, the enrollment IDs of the query."""
+    noted = state.get("audit_targets")
+    if noted is not None:
+        return list(noted)
+    ids = _query(scope).get("id")
+    found = [ids] if isinstance(ids, str) else list(ids or [])
+    path_id = (scope.get("path_params") or {}).get("enrollment_id")
+    return [*found, path_id] if path_id else found
 
 
 def _entry(scope: Scope, state: dict[str, Any], outcome: str) -> AuditEntry:
@@ -53,14 +96,14 @@ def _entry(scope: Scope, state: dict[str, Any], outcome: str) -> AuditEntry:
     else:
         user, role = state.get("attempted_user") or "-", "-"
     params = state.get("audit_params")
-    if params is None:
-        params = _query(scope)
+    if params is None:  # refused before the handler: what the request named
+        params = {**(scope.get("path_params") or {}), **_query(scope)}
     client = scope.get("client")
     return AuditEntry(
         user=user,
         role=role,
         action=_action(scope, state),
-        targets=list(state.get("audit_targets") or ()),
+        targets=_targets(scope, state),
         params=redact(params),
         source=str(client[0]) if client else "",
         outcome=outcome,
@@ -113,7 +156,12 @@ class AuditTrail:
             await self.app(scope, receive, watch)
         finally:
             state = _state(scope)
-            audited = scope.get("method") not in SAFE_METHODS or state.get("audit_action")
+            route = getattr(scope.get("route"), "path", None)
+            audited = (
+                scope.get("method") not in SAFE_METHODS
+                or state.get("audit_action")
+                or (scope.get("method"), route) in ACTIONS
+            )
             if audited and not state.get("audit_done"):
                 await self._record(_entry(scope, state, outcome_of(status, bytes(body))))
 

@@ -21,6 +21,7 @@ from temporalio.client import Client, WorkflowHandle
 from activities.mdm_server import make_client
 from bench.servers import RestartableServer
 from escrow.sealing import load_master_key
+from mdmflow.policy import PolicyHolder
 from mdmflow.services import Services
 from mdmflow.temporal_calls.runs import run_result
 from mdmflow.temporal_calls.starts import chunk_size_from_env
@@ -146,6 +147,7 @@ async def e2e_stack(
     tmp_path_factory: pytest.TempPathFactory,
     seed_name: str,
     kind: str = "nanomdm",
+    policy: PolicyHolder | None = None,
 ) -> AsyncIterator[E2E]:
     """The stack against a simulated NanoMDM (HMAC-signed webhooks) or MicroMDM.
 
@@ -156,7 +158,7 @@ async def e2e_stack(
     engine = await open_engine(store_url)
     queue = f"e2e-{uuid.uuid4()}"
     var_dir = tmp_path_factory.mktemp("var")
-    services = Services.create(dev_client, engine, queue, load_master_key(var_dir))
+    services = Services.create(dev_client, engine, queue, load_master_key(var_dir), policy)
     micromdm = kind == "micromdm"
     auth = (
         WebhookAuth(basic=(WEBHOOK_USER, WEBHOOK_SECRET))

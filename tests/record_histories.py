@@ -6,7 +6,8 @@ replay, i.e. that running workflows survive the upgrade.
 
 Every one of the eight workflows is recorded as a fleet run of one device (what a start
 starts), among them fvenable's polling loop, a suspended step retried by an operator and
-a profile rollback; plus a chunk of four devices.
+a profile rollback; plus a chunk of four devices, and (revision 5) a chunk held by the
+emergency stop then released and a lock approved by a second person.
 """
 
 from __future__ import annotations
@@ -49,9 +50,12 @@ from workflows.inventory import InventoryWorkflow
 from workflows.lock import LockWorkflow
 from workflows.models import (
     ENGINE_REVISION,
+    ApprovalDecision,
     ControlRequest,
+    EmergencyStopNotice,
     EnrollmentReset,
     FleetInput,
+    GateResult,
     RunResult,
     RunState,
 )
@@ -380,6 +384,74 @@ async def main() -> None:
             )
             await handle.result()
             save(scenario, await handle.fetch_history())
+
+        async def halted_then_released(scenario: str) -> None:
+            """Revision 5: a stop engaged before the run starts holds both devices at
+            their first step; its release (the API's broadcast) lets them go on."""
+            governance.stop = EmergencyStopNotice(engaged=True, reason="recording", by="root")
+            ids = [enrollment() for _ in range(2)]
+            instance = str(uuid.uuid4())
+            handle = await env.client.start_workflow(
+                FleetRunWorkflow.run,
+                FleetInput(
+                    workflow_name=InventoryWorkflow.NAME,
+                    instance_id=instance,
+                    enrollment_ids=ids,
+                    revision=ENGINE_REVISION,
+                ),
+                id=routing.fleet_workflow_id(InventoryWorkflow.NAME, instance, 0),
+                task_queue=queue,
+            )
+            for eid in ids:
+                for _ in range(400):
+                    if (await _state(handle, eid)).status == "halted":
+                        break
+                    await asyncio.sleep(0.025)
+            governance.stop = None
+            await handle.signal(
+                FleetRunWorkflow.emergency_stop, EmergencyStopNotice(engaged=False, by="root")
+            )
+            sent = await mdm.wait_sent(len(mdm.sent) + 2)
+            devinfo, secinfo = (c.command_uuid for c in sent[-1].commands)
+            await pending(handle, ids[0])
+            await handle.signal(
+                FleetRunWorkflow.command_reports,
+                [
+                    r
+                    for eid in ids
+                    for r in (
+                        report(eid, devinfo, "DeviceInformation", **DEVINFO),
+                        report(eid, secinfo, "SecurityInfo", **SECINFO),
+                    )
+                ],
+            )
+            await ended(handle)
+            save(scenario, await handle.fetch_history())
+
+        await halted_then_released("inventory-halted-then-released")
+
+        async def approved_lock(scenario: str) -> None:
+            """Revision 5: the policy asks for approval before DeviceLock; bob approves."""
+            governance.verdict = GateResult(allowed=True, approval_required=True)
+            eid, handle = await start_one(LockWorkflow.NAME, started_by="alice")
+            for _ in range(400):
+                if (await _state(handle, eid)).status == "awaiting_approval":
+                    break
+                await asyncio.sleep(0.025)
+            await handle.execute_update(
+                FleetRunWorkflow.approval, ApprovalDecision(approve=True, user="bob")
+            )
+            step = (await mdm.wait_sent(len(mdm.sent) + 1))[-1]
+            await pending(handle, eid)
+            await handle.signal(
+                FleetRunWorkflow.command_reports,
+                [report(eid, step.commands[0].command_uuid, "DeviceLock")],
+            )
+            await ended(handle)
+            governance.verdict = GateResult(allowed=True)
+            save(scenario, await handle.fetch_history())
+
+        await approved_lock("lock-approved-by-a-second-person")
 
         # revision 1: the path of runs started by v0.1 (a regular activity)
         await command_response("command-response-revision1", 1)

@@ -7,7 +7,7 @@ non-object where an object is expected, unknown fields, wrong types and empty re
 values with a :class:`ContextError` naming the field. It never guesses: a context it
 accepts means to the workflow exactly what it means here.
 
-The convention a workflow class follows (two lines for a new workflow):
+The convention a workflow class follows (a line or two for a new workflow):
 
 - ``CONTEXT: ClassVar[type[BaseModel]] = SomeContext`` names the model of its context;
 - a JSON-object context needs nothing more (:func:`from_json` checks it); a context of

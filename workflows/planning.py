@@ -24,16 +24,15 @@ from workflows.certprof import CertProfContext, CertProfWorkflow
 from workflows.cmdplan import CmdPlanWorkflow, PlanName
 from workflows.contexts import validate_context
 from workflows.devinfolog import DevInfoLogWorkflow
+from workflows.erase import EraseContext, EraseWorkflow
 from workflows.fvenable import FileVaultEnableWorkflow, PollContext
 from workflows.fvrotate import FileVaultRotateWorkflow
+
+# a step with one of these can lose data or lock someone out (the engine's own list)
+from workflows.governed import DESTRUCTIVE_REQUEST_TYPES as DESTRUCTIVE_REQUEST_TYPES
 from workflows.inventory import InventoryWorkflow
 from workflows.lock import LockContext, LockWorkflow
 from workflows.profile import ProfileListContext, ProfileWorkflow
-
-# A step with one of these can lose data or lock someone out: an operator confirms it.
-DESTRUCTIVE_REQUEST_TYPES = frozenset(
-    {"DeviceLock", "EraseDevice", "RemoveProfile", "RotateFileVaultKey"}
-)
 
 
 class PlanError(ValueError):
@@ -113,6 +112,25 @@ async def _lock(ctx: BaseModel, _src: PlanSources) -> list[PlannedStep]:
     if ctx.phone_number:
         parts.append(f"phone number {ctx.phone_number!r}")
     return [step("lock", planned(commands.device_lock(), "; ".join(parts)))]
+
+
+async def _erase(ctx: BaseModel, src: PlanSources) -> list[PlannedStep]:
+    assert isinstance(ctx, EraseContext)
+    parts = ["a new 6-digit PIN (Intel Macs), made and escrowed at send time"]
+    if ctx.obliteration_behavior:
+        parts.append(f"ObliterationBehavior {ctx.obliteration_behavior}")
+    if ctx.preserve_data_plan is not None:
+        parts.append(f"PreserveDataPlan {ctx.preserve_data_plan}")
+    if ctx.disallow_proximity_setup is not None:
+        parts.append(f"DisallowProximitySetup {ctx.disallow_proximity_setup}")
+    names = ctx.profile_names()
+    if ctx.return_to_service is not None and ctx.return_to_service.enabled:
+        parts.append("Return to Service" + (f" with {', '.join(names)}" if names else ""))
+    if names:
+        missing = sorted(set(names) - set(await src.profiles.info(names)))
+        if missing:
+            raise PlanError(f"no stored profile named {', '.join(missing)}")
+    return [step("erase", planned(ctx.command(), "; ".join(parts)))]
 
 
 async def _profile(ctx: BaseModel, src: PlanSources) -> list[PlannedStep]:
@@ -274,6 +292,7 @@ PLANNERS: dict[str, Planner] = {
     CertProfWorkflow.NAME: _certprof,
     FileVaultEnableWorkflow.NAME: _fvenable,
     FileVaultRotateWorkflow.NAME: _fvrotate,
+    EraseWorkflow.NAME: _erase,
 }
 
 
