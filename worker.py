@@ -26,6 +26,7 @@ from activities.profiles import ProfileActivities
 from activities.starting import StartActivities
 from escrow.sealing import load_master_key
 from mdmflow import config, eventloop, metrics
+from mdmflow.admission import system_gate
 from mdmflow.logs import configure_logging
 from mdmflow.policy import load_configured
 from mdmflow.search_setup import startup_problem
@@ -54,7 +55,11 @@ def build_worker(services: Services, mdm: MdmServerClient, **worker_options: Any
     mdm_acts = MdmActivities(mdm, CommandFiller(services.escrow, services.profiles))
     inv_acts = InventoryActivities(services.store)
     start_acts = StartActivities(
-        services.client, services.task_queue, services.register, services.holds
+        services.client,
+        services.task_queue,
+        services.register,
+        services.holds,
+        system_gate(services.policy, services.stops),
     )
     hold_acts = HoldActivities(services.holds)
     escrow_acts = EscrowActivities(services.escrow)

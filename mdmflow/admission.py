@@ -16,12 +16,14 @@ A dry run (:func:`plan`) answers the same questions without taking tokens or hol
 from __future__ import annotations
 
 import math
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from mdmflow.policy import Policy, check_start
+from mdmflow.policy import Policy, PolicyHolder, check_start
 from mdmflow.services import Services
 from mdmflow.temporal_calls.starts import StartError, validate_ids
+from store.governance import EmergencyStops
 from store.ratelimits import Bucket, Verdict
 from workflows.contexts import ContextError, validate_context
 from workflows.registry import BY_NAME
@@ -111,6 +113,24 @@ async def admit(
                 )
         admission.candidates = [i for i in unique if i in known]
     return admission
+
+
+SystemGate = Callable[[str, int], Awaitable[str | None]]
+
+
+def system_gate(policy: PolicyHolder, stops: EmergencyStops) -> SystemGate:
+    """The check for starts by mdmflow itself (event subscriptions, schedules): the
+    emergency stop and the policy (entry, enabled, max_targets), whoever set them up.
+    Returns why a start of ``workflow`` for ``targets`` devices is refused, or None."""
+
+    async def check(workflow: str, targets: int) -> str | None:
+        stop = await stops.blocking(workflow)
+        if stop is not None:
+            return f"{stop.sentence()}: new starts are refused"
+        refusal = check_start(policy.current(), workflow, None, targets)
+        return refusal.message if refusal is not None else None
+
+    return check
 
 
 async def take_tokens(svc: Services, admission: Admission) -> None:

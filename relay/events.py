@@ -28,6 +28,7 @@ from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
 from mdmflow import metrics
+from mdmflow.admission import SystemGate
 from mdmflow.temporal_calls import signals
 from mdmflow.temporal_calls.starts import StartError, start_workflow
 from mdmflow.temporal_calls.visibility import running_for_enrollment, started_since
@@ -64,8 +65,11 @@ class EventDispatcher:
         subscriptions: SubscriptionStore,
         register: EnrollmentRegister,
         holds: HoldStore,
+        gate: SystemGate | None = None,
     ) -> None:
         self._client = client
+        # the emergency stop and the policy, asked before each start (None: not asked)
+        self._gate = gate
         self._task_queue = task_queue
         self._subscriptions = subscriptions
         self._register = register
@@ -137,6 +141,9 @@ class EventDispatcher:
     async def _start(self, sub: Subscription, event: WebhookEvent, eid: str) -> None:
         try:
             if sub.event == "IdleNotStartedSince" and await self._started_recently(sub, eid):
+                return
+            if self._gate is not None and (why := await self._gate(sub.workflow, 1)):
+                await self._start_failed(sub, eid, PermissionError(why))
                 return
             params = event.url_params or await self._register.url_params(eid)
             result = await start_workflow(

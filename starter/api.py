@@ -118,7 +118,12 @@ def create_app(
         svc = services if isinstance(services, Services) else await services()
         app.state.services = svc
         events = EventDispatcher(
-            svc.client, svc.task_queue, svc.subscriptions, svc.register, svc.holds
+            svc.client,
+            svc.task_queue,
+            svc.subscriptions,
+            svc.register,
+            svc.holds,
+            admission.system_gate(svc.policy, svc.stops),
         )
         router = Router(svc.client, svc.task_queue, events)
         durable = DurableRouter(router, svc.inbox)

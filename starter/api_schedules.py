@@ -10,6 +10,7 @@ from fastapi import Path as PathParam
 from mdmflow.temporal_calls import schedules
 from mdmflow.temporal_calls.schedules import ScheduleError, ScheduleNotFound, ScheduleRequest
 from starter.deps import AUTH, ERRORS, ServicesDep, one_of
+from workflows.contexts import ContextError, validate_context
 
 router = APIRouter(tags=["schedules"], dependencies=AUTH, responses=ERRORS)
 
@@ -23,6 +24,12 @@ def _missing(name: str) -> HTTPException:
 
 @router.put("/v1/schedule/{name}", status_code=204, summary="Create or replace a schedule")
 async def put_schedule(name: str, body: ScheduleRequest, svc: ServicesDep) -> Response:
+    """The context is checked now, as a start's is; each scheduled start also passes the
+    emergency stop and the policy (entry, enabled, max_targets) when it fires."""
+    try:
+        validate_context(body.workflow, body.context)
+    except ContextError as exc:
+        raise HTTPException(400, str(exc)) from exc
     try:
         await schedules.put(svc.client, svc.task_queue, name, body)
     except ScheduleError as exc:

@@ -17,7 +17,7 @@ from protocol.enrollment import enrollment_id_problem
 
 def api_client(args: argparse.Namespace) -> httpx.Client:
     """A client authenticated as ``--user`` (default nanocmd, with var/api_key)."""
-    user = args.user or os.environ.get("MDMFLOW_USER") or "nanocmd"
+    user = getattr(args, "user", None) or os.environ.get("MDMFLOW_USER") or "nanocmd"
     key = args.api_key or os.environ.get("MDMFLOW_API_KEY")
     if key is None and user == "nanocmd":
         key = config.load().api_key

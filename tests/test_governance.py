@@ -138,6 +138,25 @@ async def test_default_deny_caps_and_strict_context(gov: E2E) -> None:
     assert gov.fleet.device_state(a)["lock"] is None  # nothing reached the device
 
 
+async def test_an_event_start_passes_the_policy_too(gov: E2E) -> None:
+    """Starts by mdmflow itself (here an Enrollment subscription) meet default-deny."""
+    context = json.dumps({"profile": "scep", "filter": {"cn_prefix": "mdm"}})
+    sub = {"event": "Enrollment", "workflow": CERTPROF, "context": context}
+    assert (await gov.api.put("/v1/event/certs", json=sub)).status_code == 204
+    try:
+        (eid,) = await gov.enroll(1)
+
+        async def failed() -> dict[str, Any] | None:
+            got: dict[str, Any] = (await gov.api.get("/v1/event/certs")).json()
+            return got if got.get("last_error") else None
+
+        got = await wait_for(failed)
+        assert eid in got["last_error"] and "has no policy entry" in got["last_error"]
+        assert got["starts"] == 0
+    finally:
+        await gov.api.delete("/v1/event/certs")
+
+
 async def test_dry_run_names_the_commands_and_starts_nothing(gov: E2E) -> None:
     (eid,) = await gov.enroll(1)
     made_up = "00000000-0000-4000-8000-00000000D00D"

@@ -19,7 +19,7 @@ from protocol.webhooks import parse_webhook
 from relay.routing import Router
 from store.holds import HoldStore
 from tests.simultaneous_workflow import SimultaneousWorkflow
-from tests.workflow_harness import RecordingMdm, enrollment
+from tests.workflow_harness import RecordingGovernance, RecordingMdm, enrollment
 from worker import PASSTHROUGH
 from workflows import registry
 from workflows.fleet import FleetRunWorkflow
@@ -58,7 +58,11 @@ async def test_two_instances_run_side_by_side_and_reports_reach_their_own_run(
         time_env.client,
         task_queue=queue,
         workflows=[SimultaneousWorkflow, FleetRunWorkflow],
-        activities=[*mdm.activities(), HoldActivities(holds).release],
+        activities=[
+            *mdm.activities(),
+            HoldActivities(holds).release,
+            *RecordingGovernance().activities(),
+        ],
         workflow_runner=SandboxedWorkflowRunner(
             restrictions=SandboxRestrictions.default.with_passthrough_modules(*PASSTHROUGH)
         ),
