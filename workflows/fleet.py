@@ -436,5 +436,6 @@ class FleetRunWorkflow:
             ignored_reports=sum(s.ignored_reports for s in states),
             rejected_reports=self._rejected + sum(s.rejected_reports for s in states),
             halted=self._chunk.gov.halted if self._chunk.gov else None,
+            halted_since=self._chunk.gov.halted_since if self._chunk.gov else None,
             awaiting_approval=bool(self._chunk.gov and self._chunk.gov.awaiting_approval),
         )

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from temporalio import workflow
@@ -70,6 +70,8 @@ class Governance:
         self._touch = on_change
         # engaged stops that apply to this run, by scope ("*" or the workflow name)
         self.stops: dict[str, str] = {}
+        # when this run first showed the stop (its workflow task's time), for the record
+        self.halted_since: datetime | None = None
         self._read_at = workflow.now()
         self._reading: asyncio.Task[None] | None = None
         self._gates: dict[str, asyncio.Task[GateResult]] = {}
@@ -95,10 +97,20 @@ class Governance:
         """The API's broadcast (a signal): engaged or released."""
         if not self.applies(notice):
             return
+        before = dict(self.stops)
         if notice.engaged:
             self.stops[notice.scope] = _stop_sentence(notice)
         else:
             self.stops.pop(notice.scope, None)
+        self._changed(before)
+
+    def _changed(self, before: dict[str, str]) -> None:
+        if before == self.stops:
+            return
+        if not self.stops:
+            self.halted_since = None
+        elif not before:
+            self.halted_since = workflow.now()
         self._touch()
 
     async def read_stop(self) -> None:
@@ -130,8 +142,7 @@ class Governance:
         self.stops = {}
         if notice is not None:
             self.stops[notice.scope] = _stop_sentence(notice)
-        if before != self.stops:
-            self._touch()
+        self._changed(before)
 
     async def boundary(self, dev: MdmWorkflow, stopping: Any) -> None:
         """Wait here while a stop is engaged (the device shows ``halted``)."""
@@ -206,9 +217,10 @@ class Governance:
             verdict = await self._ask(step)
             if verdict.stopped is None:
                 break
+            before = dict(self.stops)
             self.stops.setdefault("*", f"halted by {verdict.stopped}")
             self._read_at = workflow.now()
-            self._touch()
+            self._changed(before)
             await self.boundary(dev, stopping)
             if stopping():
                 return

@@ -285,8 +285,10 @@ class FleetSummary(BaseModel):
     by_step: dict[str, int]
     ignored_reports: int = 0
     rejected_reports: int = 0
-    # the emergency stop's sentence while it halts this run (engine revision 5)
+    # the emergency stop's sentence while it halts this run (engine revision 5), and
+    # since when this run shows it
     halted: str | None = None
+    halted_since: datetime | None = None
     awaiting_approval: bool = False
 
 
