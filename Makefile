@@ -33,8 +33,9 @@ browser:
 		|| echo "chromium not installed (apt-get install chromium): the browser test skips"
 
 # Test tiers (markers set in tests/conftest.py): unit, workflow, e2e, chaos, postgres.
+# The fast tier leaves the PostgreSQL variants to `make test` and runs side by side.
 check: lint typecheck
-	$(BIN)/pytest -m "unit or workflow"
+	$(BIN)/python -m tests.fast_tier
 
 e2e: $(STAMP)
 	$(BIN)/pytest -m "e2e or chaos"

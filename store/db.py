@@ -7,8 +7,11 @@ upgrades); ``schema_version`` records the layout for migrations that change tabl
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import os
 import random
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 
 from sqlalchemy import (
@@ -292,8 +295,8 @@ def normalise_url(url: str) -> str:
 
 def _sqlite_pragmas(dbapi_conn: DBAPIConnection, _record: ConnectionPoolEntry) -> None:
     cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA busy_timeout=5000")  # first: switching to WAL may have to wait
     cur.execute("PRAGMA journal_mode=WAL")
-    cur.execute("PRAGMA busy_timeout=5000")
     cur.close()
 
 
@@ -313,20 +316,41 @@ async def open_engine(url: str) -> AsyncEngine:
     if engine.dialect.name == "sqlite":
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
     try:
-        # a wrong URL, password or database fails here, at once, with the driver's message
-        async with engine.connect():
-            pass
-        for attempt in range(1, _SCHEMA_ATTEMPTS):
-            try:
-                await _ensure_schema(engine)
-                return engine
-            except DBAPIError:
-                await asyncio.sleep(random.uniform(0.05, 0.2) * attempt)
-        await _ensure_schema(engine)
+        async with _schema_lock(engine):
+            # a wrong URL, password or database fails here, at once, with the driver's
+            # message (on SQLite the first connection also switches the file to WAL)
+            async with engine.connect():
+                pass
+            for attempt in range(1, _SCHEMA_ATTEMPTS):
+                try:
+                    await _ensure_schema(engine)
+                    return engine
+                except DBAPIError:
+                    await asyncio.sleep(random.uniform(0.05, 0.2) * attempt)
+            await _ensure_schema(engine)
     except BaseException:
         await engine.dispose()
         raise
     return engine
+
+
+@asynccontextmanager
+async def _schema_lock(engine: AsyncEngine) -> AsyncIterator[None]:
+    """SQLite: one process at a time creates or migrates the schema (a file lock beside
+    the database). SQLite answers "database is locked" at once, whatever busy_timeout
+    says, when two transactions that both read the schema then both want to write it;
+    with a dozen tables, processes starting together could lose that race every time.
+    PostgreSQL needs none: the retry above settles its races."""
+    database = engine.url.database if engine.dialect.name == "sqlite" else None
+    if not database or database == ":memory:":
+        yield
+        return
+    fd = os.open(f"{database}.schema-lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        await asyncio.to_thread(fcntl.flock, fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
 
 
 def _load_table_modules() -> None:
