@@ -53,6 +53,34 @@ async def test_worker_serves_sdk_metrics(dev_server: DevServer) -> None:
     assert f'task_queue="{queue}"' in body
 
 
+async def test_step_durations_are_a_worker_metric(dev_server: DevServer) -> None:
+    """A fleet run's steps are timed with the SDK's workflow metric meter, on the same
+    endpoint, labelled by workflow and outcome."""
+    from temporalio.testing import WorkflowEnvironment
+
+    from tests.test_fleet_controls import answer
+    from tests.test_step_engine import harness_on
+    from tests.workflow_harness import outcome
+    from workflows.devinfolog import DevInfoLogWorkflow
+
+    address = f"127.0.0.1:{free_port()}"
+    runtime = metrics_runtime(address)
+    assert runtime is not None
+    client = await connect(dev_server.address, dev_server.namespace, runtime=runtime)
+    async with harness_on(WorkflowEnvironment.from_client(client), fleet=True) as h:
+        eid, handle = await h.start(DevInfoLogWorkflow.NAME)
+        await h.mdm.wait_sent(1)
+        await answer(h, handle, eid)  # type: ignore[arg-type]
+        assert (await outcome(handle)).status == "completed"
+    async with httpx.AsyncClient() as http:
+        body = (await http.get(f"http://{address}/metrics")).text
+    lines = [line for line in body.splitlines() if line.startswith("mdmflow_step_duration")]
+    assert any(
+        'workflow="io.micromdm.wf.devinfolog.v1"' in line and 'outcome="completed"' in line
+        for line in lines
+    ), lines
+
+
 def test_a_taken_port_costs_the_metrics_not_the_worker(
     caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from pydantic import BaseModel
 from temporalio import workflow
-from temporalio.common import RetryPolicy
+from temporalio.common import MetricHistogramTimedelta, RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
@@ -164,6 +164,7 @@ class Chunk:
         self._step_shown: str | None = None
         # set when a device starts a step or ends: the run's details need a refresh
         self.progressed = True
+        self._step_duration: MetricHistogramTimedelta | None = None
         # the emergency stop, policy re-checks and approvals (engine revision 5)
         self.gov: Governance | None = None
         if inp.revision >= GOVERNANCE_REVISION:
@@ -380,6 +381,7 @@ class Chunk:
             if await self._suspend(dev, record, problem) == "skip":
                 record.status = "skipped"
                 record.finished_at = workflow.now()
+                self._measure(record)
                 return StepOutcome(
                     name=record.name,
                     results=[
@@ -453,12 +455,30 @@ class Chunk:
         dev._unconfirmed = {}
         return items
 
-    @staticmethod
+    def _measure(self, record: StepRecord) -> None:
+        """``mdmflow_step_duration``: how long a device's step took, from its start to
+        its last answer, its timeout or its reset (the SDK's metric meter, which records
+        nothing while a history is replayed). Labels: workflow and step outcome, both from
+        fixed sets."""
+        if record.finished_at is None:
+            return
+        if self._step_duration is None:
+            self._step_duration = workflow.metric_meter().create_histogram_timedelta(
+                "mdmflow_step_duration",
+                "How long a device's step took: start to last answer, timeout or reset",
+                "ms",
+            )
+        self._step_duration.record(
+            record.finished_at - record.started_at,
+            {"workflow": self.input.workflow_name, "outcome": record.status},
+        )
+
     def _outcome(
-        dev: MdmWorkflow, record: StepRecord, *, timed_out: bool, reset: str | None
+        self, dev: MdmWorkflow, record: StepRecord, *, timed_out: bool, reset: str | None
     ) -> StepOutcome:
         record.status = "timed_out" if timed_out else "reset" if reset else "completed"
         record.finished_at = workflow.now()
+        self._measure(record)
         return StepOutcome(
             name=record.name,
             results=list(dev._answers),
