@@ -28,6 +28,7 @@ import pytest
 from mdmflow import __version__
 from mdmflow.cli import main
 from starter.api import create_app
+from workflows.registry import BY_NAME
 
 pytestmark = pytest.mark.unit
 
@@ -41,6 +42,7 @@ PROBE = """
 import asyncio, json, sys
 import httpx
 import mdmflow, mdmflow.cli, workflows.registry, worker
+from mdmflow import policy
 from starter import api
 
 async def served() -> dict[str, object]:
@@ -58,6 +60,8 @@ print(json.dumps({
     "registry": workflows.registry.__file__,
     "worker": worker.__file__,
     "swagger_dir": str(api.SWAGGER_DIR),
+    "policy_file": str(policy.DEFAULT_POLICY_FILE),
+    "policy_workflows": len(policy.load_configured(workflows.registry.BY_NAME).current().workflows),
     "path": sys.path,
     "modules": sorted(m for m in sys.modules if "editable" in m),
     **asyncio.run(served()),
@@ -172,6 +176,9 @@ def test_installed_mdmflow_runs_from_inside_itself(installed: Install) -> None:
     assert found["path"][0] == str(app)
     assert str(ROOT) not in found["path"] and found["modules"] == []
     assert found["js"] == 200  # /docs' Swagger UI served from the installed files
+    # the shipped default policy (default-deny needs it) comes with the package
+    assert Path(found["policy_file"]) == package / "default_policy.toml"
+    assert found["policy_workflows"] == len(BY_NAME)
     assert found["version"] == f"v{__version__}"
 
 
