@@ -179,6 +179,23 @@ async def test_dry_run_names_the_commands_and_starts_nothing(gov: E2E) -> None:
     assert gov.fleet.device_state(eid)["lock"] is None
 
 
+async def test_the_cli_dry_run_prints_the_plan_as_tables(
+    gov: E2E, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (eid,) = await gov.enroll(1)
+    url = str(gov.api.base_url).rstrip("/")
+    argv = ["start", LOCK, eid, "--context", '{"message": "Call IT"}', "--dry-run"]
+    code = await asyncio.to_thread(
+        main, [*argv, "--api-url", url, "--user", "nanocmd", "--api-key", API_KEY]
+    )
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "nothing started" in out and "approval: a second person" in out
+    assert "lock  DeviceLock" in out and "message 'Call IT'" in out
+    assert "would start: 1" in out
+    assert (await gov.api.get("/v1/runs", params={"id": eid})).json() == []
+
+
 async def test_erase_rate_limit_across_two_api_processes_and_approval(gov: E2E) -> None:
     first, second = await gov.enroll(2)
     admin = await gov.as_role("admin")
@@ -315,7 +332,7 @@ async def test_everything_is_audited_and_an_edit_is_detected(
     engine = await open_engine(gov.store_url)
     async with engine.begin() as conn:
         await conn.execute(
-            text("UPDATE audit_log SET outcome = 'ok' WHERE seq = :seq"), {"seq": middle}
+            text("UPDATE audit_log SET outcome = 'edited' WHERE seq = :seq"), {"seq": middle}
         )
     await engine.dispose()
     assert await asyncio.to_thread(main, ["audit", "verify"]) == 1
