@@ -22,15 +22,12 @@ import uuid
 from collections import Counter
 from typing import Any
 
-import httpx
-
 from bench.report import latency_ms
 from bench.stack import Stack, StackOptions
 from mdmflow.temporal_calls.starts import start_workflow
 from protocol import routing
 from simulator.model import DeviceBehaviour
 from store.holds import HoldStore
-from store.users import UserStore
 from workflows.fleet import FleetRunWorkflow
 from workflows.models import FleetSummary
 
@@ -87,8 +84,7 @@ async def run(n: int = 1000) -> dict[str, Any]:
         runs = [routing.fleet_workflow_id(PROFILE, result.instance_id, i) for i in range(n)]
         await _until_all(stack, runs, lambda s: s.by_step.get("list") == 1, timeout=120)
 
-        key = await UserStore(stack._engine).add("bench-admin", "admin")
-        admin = httpx.AsyncClient(base_url=stack.api_url, auth=("bench-admin", key), timeout=600)
+        admin = await stack.as_role("admin")
         wall0, t0 = time.time(), time.monotonic()
         engaged = await admin.post("/v1/estop", json={"reason": "benchmark"})
         answered = time.monotonic() - t0
@@ -112,7 +108,6 @@ async def run(n: int = 1000) -> dict[str, Any]:
         released.raise_for_status()
         results = await stack.wait_closed(result.instance_id, n, timeout=900)
         finish_seconds = time.monotonic() - t1
-        await admin.aclose()
 
     completed = sum(1 for r in results if r["status"] == "completed")
     per_device = {

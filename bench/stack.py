@@ -55,6 +55,7 @@ from starter.api import create_app
 from starter.deps import Services
 from store.db import open_engine
 from store.holds import HoldStore
+from store.users import UserStore
 from workflows import search_attributes as sa
 
 API_KEY = "bench-api-key"
@@ -162,6 +163,18 @@ class Stack:
         self.http = httpx.AsyncClient(
             base_url=self.api_url, auth=("nanocmd", API_KEY), timeout=httpx.Timeout(600.0)
         )
+        # API clients of users with other roles (as_role), by role
+        self._role_clients: dict[str, httpx.AsyncClient] = {}
+
+    async def as_role(self, role: str) -> httpx.AsyncClient:
+        """An API client of a user with ``role`` (``nanocmd`` is an operator)."""
+        if role not in self._role_clients:
+            assert self._engine is not None
+            key = await UserStore(self._engine).add(f"bench-{role}", role, created_by="bench")
+            self._role_clients[role] = httpx.AsyncClient(
+                base_url=self.api_url, auth=(f"bench-{role}", key), timeout=600.0
+            )
+        return self._role_clients[role]
 
     # ---- lifecycle ---------------------------------------------------------------------
 
@@ -200,6 +213,8 @@ class Stack:
             self._api_listener.close()
         await self.fleet.stop()
         await self.http.aclose()
+        for client in self._role_clients.values():
+            await client.aclose()
         if self._engine is not None:
             await self._engine.dispose()
         self.temporal.stop()

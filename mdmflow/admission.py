@@ -124,6 +124,8 @@ def system_gate(policy: PolicyHolder, stops: EmergencyStops) -> SystemGate:
     Returns why a start of ``workflow`` for ``targets`` devices is refused, or None."""
 
     async def check(workflow: str, targets: int) -> str | None:
+        if workflow not in BY_NAME:  # the start itself says so, naming the workflow
+            return None
         stop = await stops.blocking(workflow)
         if stop is not None:
             return f"{stop.sentence()}: new starts are refused"

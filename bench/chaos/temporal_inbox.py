@@ -50,11 +50,8 @@ async def start(stack: Stack, workflow: str, ids: list[str], context: str | None
 
 
 async def escrowed_key(stack: Stack, eid: str) -> str:
-    resp = await stack.http.get(
-        f"/v1/escrow/{eid}/prk",
-        params={"reason": "chaos check"},
-        headers={"X-Mdmflow-Actor": "chaos"},
-    )
+    escrow = await stack.as_role("escrow")  # secrets are the escrow role's
+    resp = await escrow.get(f"/v1/escrow/{eid}/prk", params={"reason": "chaos check"})
     resp.raise_for_status()
     return str(resp.json()["secrets"][0]["secret"])
 
