@@ -142,6 +142,18 @@ async def test_approval_by_someone_else_lets_the_step_go(h: Harness) -> None:
     assert h.governance.decided[-1][1:] == ("approved", "bob")
 
 
+async def test_no_decision_in_time_ends_the_run_not_approved(h: Harness) -> None:
+    h.governance.verdict = GateResult(
+        allowed=True, approval_required=True, approval_timeout_seconds=1.0
+    )
+    eid = enrollment()
+    handle = await start(h, [eid], LockWorkflow.NAME)
+    result = await outcome(handle)
+    assert result.status == "failed" and "not approved within" in result.message
+    assert h.mdm.sent == []
+    assert h.governance.decided[-1][1] == "expired"
+
+
 async def test_rejection_ends_the_run_not_approved(h: Harness) -> None:
     h.governance.verdict = GateResult(allowed=True, approval_required=True)
     eid = enrollment()
