@@ -164,7 +164,8 @@ class Stack:
             "mdmflow is running",
             f"  API + relay   {api}   (OpenAPI docs: {api}/docs)",
             f"  webhook       {api}/webhook",
-            f"  API key       {s.api_key}   (HTTP Basic user 'nanocmd')",
+            f"  API key       {s.api_key}   (HTTP Basic user 'nanocmd', role "
+            f"{s.nanocmd_role or 'off'})",
             f"  Temporal      {s.temporal_address} namespace {s.temporal_namespace}",
         ]
         if self.temporal is not None and self.temporal.ui_port:
@@ -181,6 +182,12 @@ class Stack:
                 f"'{api}/v1/workflow/io.micromdm.wf.inventory.v1/start?id={example}'",
                 f"  curl -u nanocmd:{s.api_key} '{api}/v1/inventory?id={example}'",
             ]
+        lines += [
+            "",
+            "Users and governance (see the README's Governance section):",
+            "  mdmflow user add alice --role admin      (prints alice's key once)",
+            "  mdmflow estop status | mdmflow approvals list | mdmflow audit verify",
+        ]
         lines.append("\nCtrl-C stops everything.")
         print("\n".join(lines), flush=True)
 
