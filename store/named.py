@@ -43,18 +43,9 @@ async def put_named(
     Inside the caller's transaction (``conn``) there is no second try: the caller's
     transaction fails and nothing of it commits.
     """
-    if conn is not None:
-        async with session_in(sessions, conn) as session:
-            row = await session.get(model, name, with_for_update=True)
-            if row is None:
-                row = model(name=name)
-                session.add(row)
-            for key, value in values.items():
-                setattr(row, key, value)
-        return
-    for attempt in range(2):
+    for attempt in range(1 if conn is not None else 2):
         try:
-            async with sessions() as session, session.begin():
+            async with session_in(sessions, conn) as session:
                 row = await session.get(model, name, with_for_update=True)
                 if row is None:
                     row = model(name=name)
@@ -63,5 +54,5 @@ async def put_named(
                     setattr(row, key, value)
             return
         except IntegrityError:
-            if attempt:
+            if attempt or conn is not None:
                 raise
