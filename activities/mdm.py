@@ -42,6 +42,7 @@ from activities.models import (
     SendStepResult,
 )
 from mdmflow import metrics
+from protocol.commands import manifest_url_problem
 
 log = logging.getLogger("mdmflow.activities")
 
@@ -136,6 +137,14 @@ class MdmActivities:
         self._filler = filler
 
     async def _render(self, enrollment_id: str, qc: QueuedCommand) -> bytes:
+        if qc.command.request_type == "InstallApplication":
+            problem = manifest_url_problem(str(qc.command.fields.get("ManifestURL", "")))
+            if problem is not None:  # a URL parameter filled in something that is no URL
+                raise ApplicationError(
+                    f"InstallApplication cannot be built: {problem}",
+                    type="CommandBuildError",
+                    non_retryable=True,
+                )
         filled = None
         if qc.command.fills:
             if self._filler is None:

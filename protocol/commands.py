@@ -230,6 +230,20 @@ def rotate_filevault_key() -> Command:
     )
 
 
+def manifest_url_problem(url: str) -> str | None:
+    """Why ``url`` cannot be an InstallApplication ManifestURL, or None.
+
+    An absolute http(s) URL with a host and no whitespace or control characters;
+    ``${param}`` references (command plans) are allowed before they are filled.
+    """
+    if any(c.isspace() or ord(c) < 0x20 or ord(c) == 0x7F for c in url):
+        return "a manifest URL may not contain spaces or control characters"
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme.lower() not in ("https", "http") or not rest.split("/", 1)[0]:
+        return f"not an absolute http(s) URL: {url[:200]!r}"
+    return None
+
+
 def install_application(manifest_url: str) -> Command:
     return Command(
         request_type="InstallApplication",

@@ -83,6 +83,8 @@ class DurableRouter:
         except (RPCError, TimeoutError) as exc:
             metrics.inc("webhook_temporal_error")
             return await self._queue(event, temporal_problem(exc))
+        except SQLAlchemyError as exc:  # a check-in's register write: the store is away
+            raise InboxUnavailable(f"the store cannot record this check-in ({exc})") from exc
 
     async def deliver_now(self, event: WebhookEvent) -> Delivery:
         """Hand to Temporal within DELIVER_SECONDS; a failure keeps the direct path shut."""
@@ -142,11 +144,19 @@ class Forwarder:
                     renew_at = time.monotonic() + (LEASE.total_seconds() / 3 if holding else 1.0)
                 if holding:
                     await self.forward_once()
+                await self.look()
             except asyncio.CancelledError:
                 raise
             except Exception:  # the store may be down: keep trying, quietly
                 log.warning("inbox forwarder: store unavailable", exc_info=True)
             await asyncio.sleep(POLL_SECONDS)
+
+    async def look(self) -> None:
+        """Every relay, lease or not: entries queued by another relay, or waiting out a
+        backoff, must hold this relay's newer webhooks of their enrollment back too (one
+        cheap probe per poll, off the webhook's path)."""
+        if await self._inbox.any_waiting():
+            self._durable.saw_entries()
 
     async def forward_once(self) -> int:
         """One pass over the due entries; returns how many were delivered.

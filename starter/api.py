@@ -50,6 +50,7 @@ from starter.api_schedules import router as schedules_router
 from starter.audit_trail import AuditTrail, note
 from starter.codec_server import codec_app
 from starter.deps import AUTH, ERRORS, CallerDep, Services, describe_errors, one_of, require
+from starter.request_guard import RequestGuard
 from workflows.models import MAX_RETRIES, ControlAction, OnFailure
 from workflows.registry import BY_NAME
 
@@ -145,6 +146,7 @@ def create_app(
     app.state.api_key = api_key
     app.state.nanocmd_role = nanocmd_role
     app.add_middleware(BodyLimit)  # every body capped by route before it is read
+    app.add_middleware(RequestGuard)  # clean URLs; who is calling, before any body
     # outermost: a refusal by any layer below (401, 403, 413) is audited too
     app.add_middleware(AuditTrail, audit=lambda: _audit_log(app))
     _add_docs(app)
@@ -159,6 +161,11 @@ def create_app(
         return JSONResponse(
             {"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers
         )
+
+    @app.exception_handler(Exception)
+    async def internal_error(_r: Request, exc: Exception) -> JSONResponse:
+        # the traceback is logged by the server; the caller gets the one error shape
+        return JSONResponse({"error": f"internal error ({type(exc).__name__})"}, status_code=500)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_r: Request, exc: RequestValidationError) -> JSONResponse:

@@ -21,6 +21,7 @@ from fastapi import FastAPI, Request, Response
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from google.protobuf import json_format
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from temporalio.api.common.v1 import Payload, Payloads
 from temporalio.converter import PayloadCodec
 
@@ -62,6 +63,13 @@ def codec_app(
     with exactly the keys the API and worker use.
     """
     app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
+
+    # its own 404/405 in the one error shape too
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_r: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse(
+            {"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers
+        )
     app.add_middleware(
         CORSMiddleware,
         allow_origins=list(origins if origins is not None else cors_origins()),
@@ -83,13 +91,13 @@ def codec_app(
             return JSONResponse({"error": "payloads are not encrypted here"}, status_code=404)
         try:
             payloads = json_format.Parse(await request.body(), Payloads())
-        except json_format.ParseError as exc:
+        except (json_format.ParseError, UnicodeDecodeError) as exc:
             return JSONResponse({"error": f"not codec server JSON: {exc}"}, status_code=400)
         items: Sequence[Payload] = payloads.payloads
         try:
             done = await (the_codec.encode(items) if encode else the_codec.decode(items))
-        except PayloadKeyError as exc:
-            return JSONResponse({"error": str(exc)}, status_code=400)
+        except (PayloadKeyError, ValueError) as exc:  # ValueError: data too short to open
+            return JSONResponse({"error": f"cannot decode: {exc}"}, status_code=400)
         body = json_format.MessageToJson(Payloads(payloads=done))
         return Response(body, media_type="application/json")
 

@@ -58,27 +58,31 @@ def _unauthenticated(why: str) -> HTTPException:
     )
 
 
+async def identify(app: Any, username: str, password: str) -> Caller | None:
+    """The caller these credentials name, or None (unknown user, wrong key)."""
+    if username == NANOCMD_USER:
+        role: str | None = app.state.nanocmd_role
+        key: str = app.state.api_key
+        if role is not None and secrets.compare_digest(password.encode(), key.encode()):
+            return Caller(NANOCMD_USER, role)
+        return None
+    svc: Services = app.state.services
+    user = await svc.users.authenticate(username, password)
+    return Caller(user.name, user.role) if user is not None else None
+
+
 async def caller(
     request: Request, creds: Annotated[HTTPBasicCredentials | None, Depends(_basic)]
 ) -> Caller:
-    """Who is calling (once per request); 401 when nobody we know."""
+    """Who is calling (once per request: the request guard usually knows already); 401
+    when nobody we know."""
     known: Caller | None = getattr(request.state, "caller", None)
     if known is not None:
         return known
     if creds is None:
         raise _unauthenticated("authentication required (HTTP Basic NAME:KEY)")
     request.state.attempted_user = creds.username[:64]
-    found: Caller | None = None
-    if creds.username == NANOCMD_USER:
-        role: str | None = request.app.state.nanocmd_role
-        key: str = request.app.state.api_key
-        if role is not None and secrets.compare_digest(creds.password.encode(), key.encode()):
-            found = Caller(NANOCMD_USER, role)
-    else:
-        svc: Services = request.app.state.services
-        user = await svc.users.authenticate(creds.username, creds.password)
-        if user is not None:
-            found = Caller(user.name, user.role)
+    found = await identify(request.app, creds.username, creds.password)
     if found is None:
         raise _unauthenticated("unknown user or wrong key (HTTP Basic NAME:KEY)")
     request.state.caller = found

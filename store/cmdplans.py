@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, async_sessionmaker
 
+from protocol.commands import manifest_url_problem
 from store.db import CmdPlanRow
 from store.named import put_named, session_in
 
@@ -33,6 +34,14 @@ class CmdPlan(BaseModel):
     def _null_is_empty(cls, value: Any) -> Any:
         # Go clients encode an empty slice as null.
         return [] if value is None else value
+
+    @field_validator("manifest_urls")
+    @classmethod
+    def _urls(cls, urls: list[str]) -> list[str]:
+        for url in urls:
+            if (problem := manifest_url_problem(url)) is not None:
+                raise ValueError(problem)
+        return urls
 
     @field_validator("device_configured", mode="before")
     @classmethod

@@ -78,6 +78,14 @@ class WebhookInbox:
             )
             return found is not None
 
+    async def any_waiting(self) -> bool:
+        """Whether any undelivered entry waits, of any enrollment (one indexed probe)."""
+        async with self._sessions() as session:
+            found = await session.scalar(
+                select(InboxRow.id).where(InboxRow.dead.is_(False)).limit(1)
+            )
+            return found is not None
+
     async def depth(self) -> InboxDepth:
         async with self._sessions() as session:
             live = await session.execute(

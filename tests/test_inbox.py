@@ -7,6 +7,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from sqlalchemy.exc import OperationalError
 from temporalio.service import RPCError, RPCStatusCode
 
 from protocol.webhooks import WebhookEvent, parse_webhook
@@ -146,3 +147,29 @@ async def test_a_restarted_relay_delivers_what_an_earlier_one_held(db_url: str) 
     finally:
         await forwarder.stop()
     assert temporal.delivered == ["e0"]
+
+
+async def test_an_entry_queued_by_another_relay_holds_this_relays_newer_webhooks(
+    inbox: WebhookInbox,
+) -> None:
+    """Two relays on one store: one queued DEV-1's webhook (its Temporal was away); the
+    other, with Temporal up, queues DEV-1's next one behind it and delivers DEV-2's."""
+    down, up = FlakyTemporal(), FlakyTemporal()
+    up.up = True
+    first, _ = durable(down, inbox)
+    second, second_forwarder = durable(up, inbox)
+    assert (await first.deliver(event(1))).outcome == "queued"
+    await second_forwarder.look()  # the poll every relay runs, lease or not
+    assert (await second.deliver(event(2))).outcome == "queued"
+    assert (await second.deliver(event(3, "DEV-2"))).outcome == "checkin"
+    assert up.delivered == ["e3"]
+
+
+async def test_a_check_in_the_store_cannot_record_is_503_not_lost(inbox: WebhookInbox) -> None:
+    class StoreDown:
+        async def deliver(self, ev: WebhookEvent) -> Delivery:
+            raise OperationalError("INSERT INTO enrollments", {}, Exception("disk I/O error"))
+
+    relay = DurableRouter(StoreDown(), inbox)  # type: ignore[arg-type]
+    with pytest.raises(InboxUnavailable, match="cannot record this check-in"):
+        await relay.deliver(event(1))
