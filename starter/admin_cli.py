@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 
-from starter.client_cli import add_api_options, api_client, print_response
+from starter.client_cli import add_api_options, api_client, bad_ids, print_response
 
 Call = tuple[str, str, dict[str, Any]]
 
@@ -96,6 +96,8 @@ def _missing_argument(args: argparse.Namespace) -> str | None:
 
 def _run(build: Any) -> Any:
     def run(args: argparse.Namespace) -> int:
+        if bad_ids([args.id] if getattr(args, "id", None) else None):
+            return 2
         problem = _missing_argument(args)
         if problem:
             print(f"mdmflow: {problem}", file=sys.stderr)

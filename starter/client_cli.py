@@ -33,10 +33,16 @@ def print_response(resp: httpx.Response) -> int:
     return 0 if resp.is_success else 1
 
 
-def cmd_start(args: argparse.Namespace) -> int:
-    bad = [p for i in args.ids if (p := enrollment_id_problem(i)) is not None]
-    if bad:  # the API would refuse them too: say so before sending anything
+def bad_ids(ids: list[str] | None) -> bool:
+    """Enrollment IDs the API would refuse: say so (exit 2) before sending anything."""
+    bad = [p for i in ids or [] if (p := enrollment_id_problem(i)) is not None]
+    if bad:
         print(f"error: {bad[0]}", file=sys.stderr)
+    return bool(bad)
+
+
+def cmd_start(args: argparse.Namespace) -> int:
+    if bad_ids(args.ids):
         return 2
     params: list[tuple[str, str | int | float | bool | None]] = [("id", i) for i in args.ids]
     if args.context is not None:
@@ -66,6 +72,8 @@ def cmd_start(args: argparse.Namespace) -> int:
 
 def cmd_runs(args: argparse.Namespace) -> int:
     """List runs, or apply a control (cancel, pause, ...) to the runs chosen."""
+    if bad_ids(args.id):
+        return 2
     if args.action:
         return _control(args)
     if args.workflow_id or (args.id and len(args.id) > 1):
@@ -142,6 +150,8 @@ def _table(rows: Sequence[Sequence[str]]) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """One run: a device's state (--id), a page of its devices (--devices), or its summary."""
+    if bad_ids([args.id] if args.id else None):
+        return 2
     with api_client(args) as c:
         if args.id:
             params = {"workflow_id": args.workflow_id, "id": args.id}
@@ -155,6 +165,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_inventory(args: argparse.Namespace) -> int:
+    if bad_ids(args.ids):
+        return 2
     with api_client(args) as c:
         return print_response(c.get("/v1/inventory", params=[("id", i) for i in args.ids]))
 

@@ -64,3 +64,11 @@ async def test_a_control_character_in_an_id_is_400_at_the_api_and_the_cli(
     assert "control characters" in resp.json()["error"]
     assert main(["start", DEVINFOLOG, "A\x01B"]) == 2  # refused before anything is sent
     assert "control characters" in capsys.readouterr().err
+    for argv in (  # every command that names an enrollment checks it the same way
+        ["inventory", "A\x00B"],
+        ["runs", "--id", "A\x00B"],
+        ["run", "W", "--id", "A\x1bB"],
+        ["escrow", "pin", "A\x00B", "--reason", "r"],
+    ):
+        assert main(argv) == 2, argv
+        assert "control characters" in capsys.readouterr().err
