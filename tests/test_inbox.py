@@ -11,7 +11,7 @@ from sqlalchemy.exc import OperationalError
 from temporalio.service import RPCError, RPCStatusCode
 
 from protocol.webhooks import WebhookEvent, parse_webhook
-from relay.inbox import DurableRouter, Forwarder, InboxUnavailable, inbox_gauges
+from relay.inbox import DurableRouter, Forwarder, InboxUnavailable, inbox_gauges, render_gauges
 from relay.routing import Delivery, Router
 from store.db import open_engine
 from store.inbox import MAX_ATTEMPTS, WebhookInbox
@@ -173,3 +173,28 @@ async def test_a_check_in_the_store_cannot_record_is_503_not_lost(inbox: Webhook
     relay = DurableRouter(StoreDown(), inbox)  # type: ignore[arg-type]
     with pytest.raises(InboxUnavailable, match="cannot record this check-in"):
         await relay.deliver(event(1))
+
+
+async def test_the_inbox_figures_reach_metrics(inbox: WebhookInbox) -> None:
+    """Depth and oldest age as gauges; delivered and retried as counters, as scraped."""
+    from mdmflow import metrics
+
+    temporal = FlakyTemporal()
+    relay, forwarder = durable(temporal, inbox)
+    for n in range(2):
+        await relay.deliver(event(n))
+    text = render_gauges(await inbox_gauges(inbox))
+    assert "mdmflow_inbox_depth 2" in text and "mdmflow_inbox_oldest_age_seconds" in text
+    retried = metrics.counters["inbox_retried"]
+    delivered = metrics.counters["inbox_delivered"]
+    await forwarder.forward_once()  # Temporal still away: one attempt fails
+    assert metrics.counters["inbox_retried"] == retried + 1
+    temporal.up = True
+    for _ in range(100):
+        await forwarder.forward_once()
+        if (await inbox.depth()).entries == 0:
+            break
+        await asyncio.sleep(0.1)
+    assert metrics.counters["inbox_delivered"] == delivered + 2
+    scraped = metrics.render() + render_gauges(await inbox_gauges(inbox))
+    assert "mdmflow_inbox_depth 0" in scraped and "mdmflow_inbox_delivered" in scraped
