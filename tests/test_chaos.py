@@ -6,8 +6,10 @@ runs one scenario from :mod:`bench.chaos`; ``make chaos`` runs the same scenario
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
 
+import asyncpg
 import pytest
 
 from bench.chaos import (
@@ -20,6 +22,7 @@ from bench.chaos import (
     worker_kill,
 )
 from bench.stack import Stack, StackOptions
+from tests.conftest import PG_ADMIN
 
 # Each test starts a whole stack of its own and breaks a part of it.
 pytestmark = pytest.mark.chaos
@@ -74,6 +77,22 @@ async def test_relay_down_lost_answers_are_recovered_by_reissue_or_time_out(
 
 async def test_schemathesis_finds_no_server_error(stack: Stack) -> None:
     report = await fuzz_api.run(stack, max_examples=10, phases="examples,fuzzing")
+    print(report)
+    assert report["exit_code"] == 0
+
+
+async def test_schemathesis_finds_no_server_error_on_postgresql() -> None:
+    """The same on PostgreSQL, which refuses what SQLite takes (a NUL, an over-long value)."""
+    name = f"mdmflow_fuzz_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(PG_ADMIN)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        url = PG_ADMIN.rsplit("/", 1)[0] + "/" + name
+        async with Stack(StackOptions(db_url=url)) as stack:
+            report = await fuzz_api.run(stack, max_examples=5, phases="examples,fuzzing")
+    finally:
+        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+        await admin.close()
     print(report)
     assert report["exit_code"] == 0
 
