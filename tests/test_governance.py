@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +22,7 @@ from escrow.sealing import load_master_key
 from mdmflow.cli import main
 from mdmflow.policy import PolicyHolder
 from mdmflow.services import Services
-from mdmflow.temporal_server import DevServer
+from mdmflow.temporal_server import DevServer, free_port
 from simulator.model import DeviceBehaviour
 from starter.api import create_app
 from store.db import open_engine
@@ -357,3 +360,44 @@ def test_policy_file_problems_are_clear(tmp_path: Path) -> None:
     holder._checked = 0.0
     assert holder.current().for_workflow(LOCK).max_targets == 1  # type: ignore[union-attr]
     assert holder.last_error is None
+
+
+async def test_forwarded_addresses_are_believed_only_from_trusted_proxies(gov: E2E) -> None:
+    """`mdmflow serve` records X-Forwarded-For as the source only when the request comes
+    from an address in MDMFLOW_TRUSTED_PROXIES."""
+    sources = []
+    for trusted in ("", "127.0.0.1"):
+        port = free_port()
+        env = {
+            **os.environ,
+            "TEMPORAL_ADDRESS": gov.temporal.address,
+            "MDMFLOW_DB_URL": gov.store_url,
+            "MDMFLOW_VAR_DIR": str(gov.var_dir),
+            "MDMFLOW_API_KEY": "proxy-key",
+            "MDMFLOW_TRUSTED_PROXIES": trusted,
+            "MDMFLOW_WEBHOOK_INSECURE": "1",
+            "MDMFLOW_LISTEN": f"127.0.0.1:{port}",
+        }
+        proc = subprocess.Popen([sys.executable, "-m", "mdmflow", "serve"], env=env)
+        name = f"proxied-{len(sources)}"
+        try:
+            async with httpx.AsyncClient(
+                base_url=f"http://127.0.0.1:{port}", auth=("nanocmd", "proxy-key")
+            ) as api:
+                for _ in range(200):
+                    try:
+                        resp = await api.put(
+                            f"/v1/cmdplan/{name}",
+                            json={"profile_names": []},
+                            headers={"X-Forwarded-For": "203.0.113.9"},
+                        )
+                        break
+                    except httpx.TransportError:
+                        await asyncio.sleep(0.1)
+                assert resp.status_code == 204, resp.text
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+        entries, _ = await gov.services.audit.list(action="cmdplan.put", limit=10)
+        sources.append(next(e["source"] for e in entries if e["params"]["name"] == name))
+    assert sources == ["127.0.0.1", "203.0.113.9"]
