@@ -271,9 +271,9 @@ def create_app(fleet: Fleet) -> FastAPI:
         payload = micromdm.command_payload(udid, uuid, request_type, body)
         return GoJSONResponse({"payload": payload}, status_code=201)
 
-    @app.api_route("/push/{udid}", methods=["GET", "POST"])
+    @app.get("/push/{udid}")
     async def micromdm_push(udid: str, request: Request) -> Response:
-        """MicroMDM's legacy push route (GET); POST is kept for older callers."""
+        """MicroMDM's legacy push route: GET only, as its router registers it."""
         if _basic_user(request, api_key) != MICROMDM_USER:
             return _unauthorized("micromdm")
         return _micromdm_push(fleet, udid)

@@ -32,9 +32,11 @@ from tests.workflow_harness import RecordingMdm, enrollment, outcome, report
 from workflows import registry
 from workflows.fleet import FleetRunWorkflow
 from workflows.inventory import InventoryWorkflow
+from workflows.lock import LockWorkflow
 from workflows.models import (
     ENGINE_REVISION,
     ControlRequest,
+    EnrollmentReset,
     FleetInput,
     FleetResult,
     RunState,
@@ -331,6 +333,58 @@ async def test_answers_before_the_send_returns_complete_the_step(dev_client: Cli
         result = await asyncio.wait_for(outcome(handle), 30)
         assert result.by_status == {"completed": 3}
         await asyncio.wait_for(mdm.cancelled.wait(), 30)
+
+
+@pytest.mark.parametrize("reason", ["checked out", "re-enrolled"])
+async def test_a_reset_ends_a_step_whose_send_still_runs(dev_client: Client, reason: str) -> None:
+    """A lock (a step that fails on a reset) whose device checks out or re-enrolls while
+    the send still runs ends at once, typed, and the moot send is cancelled."""
+    mdm = BlockedSends()
+    async with harness_on(WorkflowEnvironment.from_client(dev_client), mdm, fleet=True) as h:
+        eid = enrollment()
+        instance = str(uuid.uuid4())
+        handle = await h.env.client.start_workflow(
+            FleetRunWorkflow.run,
+            FleetInput(
+                workflow_name=LockWorkflow.NAME,
+                instance_id=instance,
+                enrollment_ids=[eid],
+                revision=ENGINE_REVISION,
+            ),
+            id=routing.fleet_workflow_id(LockWorkflow.NAME, instance, 0),
+            task_queue=h.queue,
+        )
+        await h.mdm.wait_sent(1)
+        await handle.signal(
+            FleetRunWorkflow.enrollment_reset,
+            EnrollmentReset(enrollment_id=eid, reason=reason),  # type: ignore[arg-type]
+        )
+        result = await asyncio.wait_for(outcome(handle), 30)
+        assert result.status == "failed" and reason in result.message, result
+        expected = "CheckedOut" if reason == "checked out" else "ReEnrolled"
+        assert (await state(handle, eid)).failure_type == expected
+        await asyncio.wait_for(mdm.cancelled.wait(), 30)
+        assert len(h.mdm.sent) == 1  # never sent again
+
+
+async def test_a_re_enrollment_re_sends_at_once_while_the_first_send_still_runs(
+    dev_client: Client,
+) -> None:
+    """Inventory restarts its step on a re-enrollment: it re-sends at once instead of
+    waiting out the first send's retries, and that moot send is cancelled."""
+    mdm = BlockedSends()
+    async with harness_on(WorkflowEnvironment.from_client(dev_client), mdm, fleet=True) as h:
+        eid = enrollment()
+        handle = await start_inventory(h, [eid])
+        await h.mdm.wait_sent(1)
+        await handle.signal(
+            FleetRunWorkflow.enrollment_reset,
+            EnrollmentReset(enrollment_id=eid, reason="re-enrolled"),
+        )
+        await asyncio.wait_for(mdm.cancelled.wait(), 30)
+        await h.mdm.wait_sent(2, timeout=30)  # the commands again, for the new queue
+        assert (await state(handle, eid)).status == "running"
+        await handle.terminate("test over")
 
 
 async def start_inventory(h: Harness, ids: list[str]) -> FleetHandle:

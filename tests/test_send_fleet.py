@@ -34,6 +34,8 @@ from activities.models import (
     FleetSendInput,
     FleetSendResult,
     QueuedCommand,
+    SendStepInput,
+    SendStepResult,
 )
 from bench.servers import RestartableServer
 from protocol.commands import (
@@ -409,3 +411,52 @@ async def test_progress_is_heartbeated_while_a_long_send_runs(
     await env.run(MdmActivities(micro.client).send_fleet, fleet_input(devices))
     queued = [len(FleetProgress.restore(100, [d]).queued.get(U1, ())) for d in seen]
     assert any(0 < n < 100 for n in queued)  # a retry mid-send would know what is queued
+
+
+class StepAttempts:
+    """``mdm.send_step`` (a one-device run's send) attempt after attempt, heartbeat
+    details carried over through JSON as through the data converter."""
+
+    def __init__(self, client: MdmServerClient) -> None:
+        self.acts = MdmActivities(client)
+        self.details: Sequence[Any] = ()
+        self.attempt = 0
+
+    async def run(self, inp: SendStepInput) -> SendStepResult:
+        self.attempt += 1
+        env = ActivityEnvironment()
+        env.info = dataclasses.replace(
+            env.info, attempt=self.attempt, heartbeat_details=self.details
+        )
+
+        def beat(*details: Any) -> None:
+            self.details = json.loads(json.dumps(list(details)))
+
+        env.on_heartbeat = beat
+        return await env.run(self.acts.send_step, inp)
+
+
+async def test_micromdm_a_retried_step_send_posts_nothing_twice(micro: Sim) -> None:
+    """On the simulator in MicroMDM mode, which queues (and runs) every copy it is sent:
+    the first post is accepted, the second's answer is lost, the third refused; the retry
+    reads back what was accepted and posts only the refused one."""
+    (device,) = await micro.fleet.enroll(1)
+    step = SendStepInput(
+        enrollment_id=device,
+        commands=[
+            QueuedCommand(command_uuid=U1, command=device_information()),
+            QueuedCommand(command_uuid=U2, command=remove_profile("com.example.wifi")),
+            QueuedCommand(command_uuid=U3, command=device_information()),
+        ],
+    )
+    micro.faults.lose = {2}
+    micro.faults.refuse_from = 3
+    attempts = StepAttempts(micro.client)
+    with pytest.raises(TransientMdmError, match="503"):
+        await attempts.run(step)
+    micro.faults.heal()
+    result = await attempts.run(step)
+    assert [micro.fleet.command_copies(u) for u in (U1, U2, U3)] == [1, 1, 1]
+    assert U3 in result.queued and U1 not in result.queued and U2 not in result.queued
+    await micro.fleet.wait_idle(10)
+    assert answered(micro.fleet, device) == 3  # each command ran once on the device

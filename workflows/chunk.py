@@ -133,6 +133,15 @@ def _per_device(command: Command) -> bool:
     return any(f.kind in PER_DEVICE_FILLS for f in command.fills)
 
 
+def _send_moot(dev: MdmWorkflow) -> bool:
+    """Nothing more to wait for in the device's send: its step is over, or (revision 5)
+    the device re-enrolled, so a step that restarts on it re-sends at once instead of
+    waiting out the moot send's retries."""
+    if dev._step_over():
+        return True
+    return dev._reset is not None and dev.input.revision >= GOVERNANCE_REVISION
+
+
 def _stopping(dev: MdmWorkflow) -> bool:
     return dev._stop is not None and not dev._compensating
 
@@ -619,7 +628,7 @@ class Chunk:
         self._sends.append(send)
 
         def ready() -> bool:
-            return send.done or dev._step_over()
+            return send.done or _send_moot(dev)
 
         if deadline is None:
             await workflow.wait_condition(lambda: ready() or _stopping(dev))
@@ -667,7 +676,7 @@ class Chunk:
                 summary=f"send {first.record.name} to {len(group)} device(s)",
             )
             await workflow.wait_condition(
-                lambda: handle.done() or all(s.dev._step_over() for s in group)
+                lambda: handle.done() or all(_send_moot(s.dev) for s in group)
             )
             if not handle.done():
                 handle.cancel()  # every device's step is over: the send is moot

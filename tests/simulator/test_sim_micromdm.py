@@ -129,6 +129,7 @@ async def test_push_success_and_failure_bodies(sim: Sim) -> None:
         "error": "device token is inactive for the specified topic",
     }
     assert (await sim.client.get(f"/v1/push/{dev}", auth=MM_AUTH)).status_code == 405
+    assert (await sim.client.post(f"/push/{dev}", auth=MM_AUTH)).status_code == 405
 
 
 async def test_invalid_token_fault(sim: Sim) -> None:
