@@ -182,7 +182,7 @@ async def test_micromdm_endpoints(sim: Sim) -> None:
     assert UUID_RE.match(p.json()["push_notification_id"])
     p2 = await sim.client.get("/push/USER-GUID-1", auth=mm)
     assert p2.status_code == 200 and p2.json()["status"] == "success"
-    assert (await sim.client.post(f"/push/{dev}", auth=mm)).status_code == 200
+    assert (await sim.client.get(f"/push/{dev}", auth=mm)).status_code == 200
     await sim.fleet.wait_idle(5)
     assert ("Acknowledged", "MM-1") in sim.connects(dev)
     assert ("Acknowledged", "MM-2") in sim.connects(user)
