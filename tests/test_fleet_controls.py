@@ -24,7 +24,7 @@ from temporalio.client import (
 from temporalio.exceptions import ApplicationError, CancelledError
 from temporalio.testing import WorkflowEnvironment
 
-from activities.models import FleetSendInput, FleetSendResult
+from activities.models import DeviceSendProblem, FleetSendInput, FleetSendResult
 from protocol import routing
 from tests.test_step_engine import Harness, harness_on
 from tests.two_step_workflow import TwoStepWorkflow
@@ -385,6 +385,57 @@ async def test_a_re_enrollment_re_sends_at_once_while_the_first_send_still_runs(
         await h.mdm.wait_sent(2, timeout=30)  # the commands again, for the new queue
         assert (await state(handle, eid)).status == "running"
         await handle.terminate("test over")
+
+
+class FirstSendLeavesOneUnsent(RecordingMdm):
+    """The first fleet send reports the second command of one device certainly not
+    queued (the MDM server stayed away through the last attempt); later sends work."""
+
+    def __init__(self, device: str) -> None:
+        super().__init__()
+        self.device = device
+
+    @activity.defn(name="mdm.send_fleet")
+    async def send_fleet(self, inp: FleetSendInput) -> FleetSendResult:
+        result = await super().send_fleet(inp)
+        if len(self.fleet_sends) == 1:
+            unsent = [inp.commands[1].command_uuid]
+            result.problems[self.device] = DeviceSendProblem(unsent=unsent, error="503")
+        return result
+
+
+async def test_a_command_never_sent_goes_again_at_the_re_push_under_its_uuid(
+    dev_client: Client,
+) -> None:
+    eid = enrollment()
+    mdm = FirstSendLeavesOneUnsent(eid)
+    async with harness_on(WorkflowEnvironment.from_client(dev_client), mdm, fleet=True) as h:
+        instance = str(uuid.uuid4())
+        handle = await h.env.client.start_workflow(
+            FleetRunWorkflow.run,
+            FleetInput(
+                workflow_name=InventoryWorkflow.NAME,
+                instance_id=instance,
+                enrollment_ids=[eid],
+                revision=ENGINE_REVISION,
+                repush_after_seconds=[1.0],
+            ),
+            id=routing.fleet_workflow_id(InventoryWorkflow.NAME, instance, 0),
+            task_queue=h.queue,
+        )
+        first = (await mdm.wait_sent(1))[0]
+        devinfo, secinfo = (c.command_uuid for c in first.commands)
+        again = (await mdm.wait_sent(2, timeout=30))[1]
+        assert [c.command_uuid for c in again.commands] == [secinfo]  # the same UUID
+        await handle.signal(
+            FleetRunWorkflow.command_reports,
+            [
+                report(eid, devinfo, "DeviceInformation", **SERIAL),
+                report(eid, secinfo, "SecurityInfo", **SECINFO),
+            ],
+        )
+        assert (await asyncio.wait_for(outcome(handle), 30)).status == "completed"
+        assert len(mdm.sent) == 2
 
 
 async def start_inventory(h: Harness, ids: list[str]) -> FleetHandle:

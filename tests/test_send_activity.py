@@ -1,4 +1,10 @@
-"""The send activity: one request per command, one push per step, never a UUID posted twice."""
+"""The send activity: one request per command, one push per step, never a UUID posted twice.
+
+These drive the activity's bookkeeping (what it remembers between attempts, what it
+reports) against a scripted server, step by step. The same behaviours against the
+simulator in MicroMDM mode, which queues every copy it is sent as MicroMDM does, are in
+``tests/test_send_fleet.py`` (``test_micromdm_*``, for fleet sends and step sends).
+"""
 
 from __future__ import annotations
 

@@ -460,3 +460,44 @@ async def test_micromdm_a_retried_step_send_posts_nothing_twice(micro: Sim) -> N
     assert U3 in result.queued and U1 not in result.queued and U2 not in result.queued
     await micro.fleet.wait_idle(10)
     assert answered(micro.fleet, device) == 3  # each command ran once on the device
+
+
+def _step(device: str, **kw: Any) -> SendStepInput:
+    return SendStepInput(
+        enrollment_id=device,
+        commands=[
+            QueuedCommand(command_uuid=U1, command=device_information()),
+            QueuedCommand(command_uuid=U2, command=remove_profile("com.example.wifi")),
+            QueuedCommand(command_uuid=U3, command=device_information()),
+        ],
+        **kw,
+    )
+
+
+async def test_micromdm_a_step_sends_last_attempt_reports_what_it_could_not_send(
+    micro: Sim,
+) -> None:
+    (device,) = await micro.fleet.enroll(1)
+    micro.faults.refuse_from = 2
+    attempts = StepAttempts(micro.client)
+    attempts.attempt = SEND_MAX_ATTEMPTS - 1
+    result = await attempts.run(_step(device))
+    assert result.queued == [U1] and result.unsent == [U2, U3]
+    assert result.send_error is not None and "503" in result.send_error
+    assert [micro.fleet.command_copies(u) for u in (U1, U2, U3)] == [1, 0, 0]
+
+
+async def test_micromdm_a_step_posts_unsure_commands_again_only_when_harmless(
+    micro: Sim,
+) -> None:
+    (device,) = await micro.fleet.enroll(1)
+    result = await StepAttempts(micro.client).run(_step(device, unsure=[U1, U2]))
+    # read-only DeviceInformation may run twice; RemoveProfile must not
+    assert result.queued == [U1, U3] and result.uncertain == [U2]
+    assert micro.fleet.command_copies(U2) == 0
+
+
+async def test_micromdm_a_step_for_an_unknown_device_posts_nothing(micro: Sim) -> None:
+    with pytest.raises(Exception, match="does not know device"):
+        await StepAttempts(micro.client).run(_step("00000000-0000-4000-8000-0000000000AA"))
+    assert micro.faults.posts == 0
