@@ -198,7 +198,7 @@ async def ui_stack(
 
 
 async def test_web_ui_shows_the_decrypted_input(
-    ui_stack: tuple[DevServer, Services], chromium: DevTools
+    ui_stack: tuple[DevServer, Services], chromium: DevTools, tmp_path: Path
 ) -> None:
     server, services = ui_stack
     eid = f"BROWSER-{uuid.uuid4().hex[:8].upper()}"
@@ -231,3 +231,9 @@ async def test_web_ui_shows_the_decrypted_input(
         await asyncio.sleep(0.3)
     # the workflow ID holds the enrollment ID too: look for it outside the ID
     assert eid in text.replace(handle.id, ""), text[-2000:]
+    # and the page as a person sees it: a screenshot of the decoded history, kept with
+    # the test's files (pytest's tmp directory) for whoever wants to look
+    shot = await asyncio.to_thread(chromium.call, "Page.captureScreenshot", format="png")
+    png = base64.b64decode(shot["data"])
+    assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 10_000
+    (tmp_path / "decoded-history.png").write_bytes(png)
