@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import pytest
 from temporalio import activity
@@ -342,18 +343,7 @@ async def test_a_reset_ends_a_step_whose_send_still_runs(dev_client: Client, rea
     mdm = BlockedSends()
     async with harness_on(WorkflowEnvironment.from_client(dev_client), mdm, fleet=True) as h:
         eid = enrollment()
-        instance = str(uuid.uuid4())
-        handle = await h.env.client.start_workflow(
-            FleetRunWorkflow.run,
-            FleetInput(
-                workflow_name=LockWorkflow.NAME,
-                instance_id=instance,
-                enrollment_ids=[eid],
-                revision=ENGINE_REVISION,
-            ),
-            id=routing.fleet_workflow_id(LockWorkflow.NAME, instance, 0),
-            task_queue=h.queue,
-        )
+        handle = await start_fleet(h, LockWorkflow.NAME, [eid])
         await h.mdm.wait_sent(1)
         await handle.signal(
             FleetRunWorkflow.enrollment_reset,
@@ -410,18 +400,8 @@ async def test_a_command_never_sent_goes_again_at_the_re_push_under_its_uuid(
     eid = enrollment()
     mdm = FirstSendLeavesOneUnsent(eid)
     async with harness_on(WorkflowEnvironment.from_client(dev_client), mdm, fleet=True) as h:
-        instance = str(uuid.uuid4())
-        handle = await h.env.client.start_workflow(
-            FleetRunWorkflow.run,
-            FleetInput(
-                workflow_name=InventoryWorkflow.NAME,
-                instance_id=instance,
-                enrollment_ids=[eid],
-                revision=ENGINE_REVISION,
-                repush_after_seconds=[1.0],
-            ),
-            id=routing.fleet_workflow_id(InventoryWorkflow.NAME, instance, 0),
-            task_queue=h.queue,
+        handle = await start_fleet(
+            h, InventoryWorkflow.NAME, [eid], repush_after_seconds=[1.0]
         )
         first = (await mdm.wait_sent(1))[0]
         devinfo, secinfo = (c.command_uuid for c in first.commands)
@@ -438,19 +418,24 @@ async def test_a_command_never_sent_goes_again_at_the_re_push_under_its_uuid(
         assert len(mdm.sent) == 2
 
 
-async def start_inventory(h: Harness, ids: list[str]) -> FleetHandle:
+async def start_fleet(h: Harness, workflow: str, ids: list[str], **kw: Any) -> FleetHandle:
     instance = str(uuid.uuid4())
     return await h.env.client.start_workflow(
         FleetRunWorkflow.run,
         FleetInput(
-            workflow_name=InventoryWorkflow.NAME,
+            workflow_name=workflow,
             instance_id=instance,
             enrollment_ids=ids,
             revision=ENGINE_REVISION,
+            **kw,
         ),
-        id=routing.fleet_workflow_id(InventoryWorkflow.NAME, instance, 0),
+        id=routing.fleet_workflow_id(workflow, instance, 0),
         task_queue=h.queue,
     )
+
+
+async def start_inventory(h: Harness, ids: list[str]) -> FleetHandle:
+    return await start_fleet(h, InventoryWorkflow.NAME, ids)
 
 
 async def test_a_failed_step_is_retried_automatically_then_suspends(h: Harness) -> None:

@@ -155,6 +155,8 @@ class Attempts:
     """Runs the activity attempt after attempt as Temporal would.
 
     Heartbeat details go through JSON between attempts, as through the data converter.
+    ``run`` is the fleet send (``mdm.send_fleet``), ``run_step`` a one-device run's
+    (``mdm.send_step``).
     """
 
     def __init__(self, client: MdmServerClient) -> None:
@@ -162,7 +164,7 @@ class Attempts:
         self.details: Sequence[Any] = ()
         self.attempt = 0
 
-    async def run(self, inp: FleetSendInput, *, attempt: int | None = None) -> FleetSendResult:
+    def _env(self, attempt: int | None) -> ActivityEnvironment:
         self.attempt = attempt or self.attempt + 1
         env = ActivityEnvironment()
         env.info = dataclasses.replace(
@@ -173,7 +175,15 @@ class Attempts:
             self.details = json.loads(json.dumps(list(details)))
 
         env.on_heartbeat = beat
-        return await env.run(self.acts.send_fleet, inp)
+        return env
+
+    async def run(self, inp: FleetSendInput, *, attempt: int | None = None) -> FleetSendResult:
+        return await self._env(attempt).run(self.acts.send_fleet, inp)
+
+    async def run_step(
+        self, inp: SendStepInput, *, attempt: int | None = None
+    ) -> SendStepResult:
+        return await self._env(attempt).run(self.acts.send_step, inp)
 
 
 def answered(fleet: Fleet, device: str) -> int:
@@ -413,29 +423,6 @@ async def test_progress_is_heartbeated_while_a_long_send_runs(
     assert any(0 < n < 100 for n in queued)  # a retry mid-send would know what is queued
 
 
-class StepAttempts:
-    """``mdm.send_step`` (a one-device run's send) attempt after attempt, heartbeat
-    details carried over through JSON as through the data converter."""
-
-    def __init__(self, client: MdmServerClient) -> None:
-        self.acts = MdmActivities(client)
-        self.details: Sequence[Any] = ()
-        self.attempt = 0
-
-    async def run(self, inp: SendStepInput) -> SendStepResult:
-        self.attempt += 1
-        env = ActivityEnvironment()
-        env.info = dataclasses.replace(
-            env.info, attempt=self.attempt, heartbeat_details=self.details
-        )
-
-        def beat(*details: Any) -> None:
-            self.details = json.loads(json.dumps(list(details)))
-
-        env.on_heartbeat = beat
-        return await env.run(self.acts.send_step, inp)
-
-
 async def test_micromdm_a_retried_step_send_posts_nothing_twice(micro: Sim) -> None:
     """On the simulator in MicroMDM mode, which queues (and runs) every copy it is sent:
     the first post is accepted, the second's answer is lost, the third refused; the retry
@@ -451,11 +438,11 @@ async def test_micromdm_a_retried_step_send_posts_nothing_twice(micro: Sim) -> N
     )
     micro.faults.lose = {2}
     micro.faults.refuse_from = 3
-    attempts = StepAttempts(micro.client)
+    attempts = Attempts(micro.client)
     with pytest.raises(TransientMdmError, match="503"):
-        await attempts.run(step)
+        await attempts.run_step(step)
     micro.faults.heal()
-    result = await attempts.run(step)
+    result = await attempts.run_step(step)
     assert [micro.fleet.command_copies(u) for u in (U1, U2, U3)] == [1, 1, 1]
     assert U3 in result.queued and U1 not in result.queued and U2 not in result.queued
     await micro.fleet.wait_idle(10)
@@ -479,9 +466,7 @@ async def test_micromdm_a_step_sends_last_attempt_reports_what_it_could_not_send
 ) -> None:
     (device,) = await micro.fleet.enroll(1)
     micro.faults.refuse_from = 2
-    attempts = StepAttempts(micro.client)
-    attempts.attempt = SEND_MAX_ATTEMPTS - 1
-    result = await attempts.run(_step(device))
+    result = await Attempts(micro.client).run_step(_step(device), attempt=SEND_MAX_ATTEMPTS)
     assert result.queued == [U1] and result.unsent == [U2, U3]
     assert result.send_error is not None and "503" in result.send_error
     assert [micro.fleet.command_copies(u) for u in (U1, U2, U3)] == [1, 0, 0]
@@ -491,7 +476,7 @@ async def test_micromdm_a_step_posts_unsure_commands_again_only_when_harmless(
     micro: Sim,
 ) -> None:
     (device,) = await micro.fleet.enroll(1)
-    result = await StepAttempts(micro.client).run(_step(device, unsure=[U1, U2]))
+    result = await Attempts(micro.client).run_step(_step(device, unsure=[U1, U2]))
     # read-only DeviceInformation may run twice; RemoveProfile must not
     assert result.queued == [U1, U3] and result.uncertain == [U2]
     assert micro.fleet.command_copies(U2) == 0
@@ -499,5 +484,5 @@ async def test_micromdm_a_step_posts_unsure_commands_again_only_when_harmless(
 
 async def test_micromdm_a_step_for_an_unknown_device_posts_nothing(micro: Sim) -> None:
     with pytest.raises(Exception, match="does not know device"):
-        await StepAttempts(micro.client).run(_step("00000000-0000-4000-8000-0000000000AA"))
+        await Attempts(micro.client).run_step(_step("00000000-0000-4000-8000-0000000000AA"))
     assert micro.faults.posts == 0
