@@ -5,15 +5,20 @@ again before a destructive step, approvals, and runs of earlier revisions untouc
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import AsyncIterator
 
 import pytest
 from temporalio.client import Client, WorkflowUpdateFailedError
 from temporalio.testing import WorkflowEnvironment
 
-from protocol import routing
-from tests.test_fleet_controls import FleetHandle, answer, eventually, sent_to, state
+from tests.test_fleet_controls import (
+    FleetHandle,
+    answer,
+    eventually,
+    sent_to,
+    start_fleet,
+    state,
+)
 from tests.test_step_engine import Harness, harness_on
 from tests.two_step_workflow import TwoStepWorkflow
 from tests.workflow_harness import enrollment, outcome
@@ -26,7 +31,6 @@ from workflows.models import (
     GOVERNANCE_REVISION,
     ApprovalDecision,
     EmergencyStopNotice,
-    FleetInput,
     GateResult,
 )
 
@@ -46,20 +50,9 @@ async def start(
     revision: int = GOVERNANCE_REVISION,
     **kw: object,
 ) -> FleetHandle:
-    instance = str(uuid.uuid4())
-    return await h.env.client.start_workflow(
-        FleetRunWorkflow.run,
-        FleetInput(
-            workflow_name=workflow,
-            instance_id=instance,
-            enrollment_ids=ids,
-            revision=revision,
-            started_by="alice",
-            started_role="operator",
-            **kw,  # type: ignore[arg-type]
-        ),
-        id=routing.fleet_workflow_id(workflow, instance, 0),
-        task_queue=h.queue,
+    """A fleet run started by alice, an operator."""
+    return await start_fleet(
+        h, workflow, ids, revision=revision, started_by="alice", started_role="operator", **kw
     )
 
 
