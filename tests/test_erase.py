@@ -395,8 +395,11 @@ async def rig_on(env: WorkflowEnvironment, db: Path) -> AsyncIterator[Rig]:
 
 @pytest.fixture
 async def rig(time_env: WorkflowEnvironment, tmp_path: Path) -> AsyncIterator[Rig]:
-    async with rig_on(time_env, tmp_path / "mdmflow.db") as r:
-        yield r
+    # the device answers in real time (50 ms after the send): time must not skip ahead
+    # to the step's timeout meanwhile, as it could on a busy machine
+    with time_env.auto_time_skipping_disabled():
+        async with rig_on(time_env, tmp_path / "mdmflow.db") as r:
+            yield r
 
 
 def _payload_texts(node: Any, codec: EncryptionCodec) -> list[str]:
