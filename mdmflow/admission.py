@@ -17,15 +17,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from mdmflow.policy import Policy, PolicyHolder, check_start
 from mdmflow.services import Services
-from mdmflow.temporal_calls.starts import StartError, validate_ids
+from mdmflow.temporal_calls.starts import StartError, already_running, validate_ids
 from store.governance import EmergencyStops
 from store.ratelimits import Bucket, Verdict
 from workflows.contexts import ContextError, validate_context
+from workflows.planning import PlanError, plan_steps
 from workflows.registry import BY_NAME
 
 GLOBAL_BUCKET = "global"
@@ -78,16 +79,39 @@ def rate_refusal(verdict: Verdict) -> Refused:
     )
 
 
+def _checked_ids(workflow: str, ids: list[str]) -> list[str]:
+    """Check 1: a workflow this version runs and well-formed IDs (each once); else 400."""
+    if workflow not in BY_NAME:
+        raise Refused(400, f"unknown workflow {workflow!r}; known: {', '.join(sorted(BY_NAME))}")
+    try:
+        return validate_ids(ids)
+    except StartError as exc:
+        raise Refused(400, str(exc)) from exc
+
+
+def _checked_context(workflow: str, context: str | None) -> Any:
+    """Check 4: the context as the workflow declares it; else 400 naming the field."""
+    try:
+        return validate_context(workflow, context)
+    except ContextError as exc:
+        raise Refused(400, str(exc)) from exc
+
+
+UNKNOWN = "unknown enrollment: never seen checking in (refuse_unknown)"
+
+
+async def _known_only(svc: Services, ids: list[str]) -> tuple[list[str], dict[str, str]]:
+    """Check 5: the IDs the relay has seen check in, and the others with why not."""
+    known = await svc.register.known(ids)
+    refused = {eid: UNKNOWN for eid in ids if eid not in known}
+    return [i for i in ids if i in known], refused
+
+
 async def admit(
     svc: Services, role: str, workflow: str, ids: list[str], context: str | None
 ) -> Admission:
     """Checks 1 to 5 (everything but the rate limit); raises :class:`Refused`."""
-    if workflow not in BY_NAME:
-        raise Refused(400, f"unknown workflow {workflow!r}; known: {', '.join(sorted(BY_NAME))}")
-    try:
-        unique = validate_ids(ids)
-    except StartError as exc:
-        raise Refused(400, str(exc)) from exc
+    unique = _checked_ids(workflow, ids)
     stop = await svc.stops.blocking(workflow)
     if stop is not None:
         raise Refused(409, f"{stop.sentence()}: new starts are refused until it is released")
@@ -95,23 +119,14 @@ async def admit(
     refusal = check_start(policy, workflow, role, len(unique))
     if refusal is not None:
         raise Refused(refusal.status, refusal.message)
-    try:
-        parsed = validate_context(workflow, context)
-    except ContextError as exc:
-        raise Refused(400, str(exc)) from exc
+    parsed = _checked_context(workflow, context)
     wp = policy.for_workflow(workflow)
     assert wp is not None
     admission = Admission(
         workflow, unique, context=parsed, approval=wp.approval, buckets=buckets(policy, workflow)
     )
     if wp.refuse_unknown:
-        known = await svc.register.known(unique)
-        for eid in unique:
-            if eid not in known:
-                admission.refused[eid] = (
-                    "unknown enrollment: never seen checking in (refuse_unknown)"
-                )
-        admission.candidates = [i for i in unique if i in known]
+        admission.candidates, admission.refused = await _known_only(svc, unique)
     return admission
 
 
@@ -161,19 +176,8 @@ async def plan(
     be refused and why, the commands each step would send, and whether approval is
     needed. Bad input (IDs, context, workflow) raises :class:`Refused` as a start would;
     a start the policy, the stop or the rate limit would refuse is answered, not raised."""
-    from dataclasses import asdict
-
-    from workflows.planning import PlanError, plan_steps
-
-    if workflow not in BY_NAME:
-        raise Refused(400, f"unknown workflow {workflow!r}; known: {', '.join(sorted(BY_NAME))}")
-    try:
-        unique = validate_ids(ids)
-        parsed = validate_context(workflow, context)
-    except StartError as exc:
-        raise Refused(400, str(exc)) from exc
-    except ContextError as exc:
-        raise Refused(400, str(exc)) from exc
+    unique = _checked_ids(workflow, ids)
+    parsed = _checked_context(workflow, context)
     policy = svc.policy.current()
     wp = policy.for_workflow(workflow)
     out: dict[str, Any] = {
@@ -201,16 +205,10 @@ async def plan(
     candidates = unique
     if whole is None and wp is not None:
         if wp.refuse_unknown:
-            known = await svc.register.known(unique)
-            for eid in unique:
-                if eid not in known:
-                    refused[eid] = "unknown enrollment: never seen checking in (refuse_unknown)"
-            candidates = [i for i in unique if i in known]
+            candidates, refused = await _known_only(svc, unique)
         if BY_NAME[workflow].EXCLUSIVE:
             for eid, hold in (await svc.holds.held(workflow, candidates)).items():
-                refused[eid] = (
-                    f"{workflow} is already running for this enrollment (run {hold.workflow_id})"
-                )
+                refused[eid] = already_running(workflow, hold)
             candidates = [i for i in candidates if i not in refused]
         limits = buckets(policy, workflow)
         if candidates and limits:

@@ -7,6 +7,7 @@ routes that take raw bytes their own, smaller limit.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from typing import Any
 
@@ -99,14 +100,22 @@ class BodyLimit:
 
 
 async def _refuse(send: Send, limit: int) -> None:
-    body = f'{{"error": "body is larger than {limit} bytes"}}'.encode()
+    await send_error(send, 413, f"body is larger than {limit} bytes")
+
+
+async def send_error(
+    send: Send, status: int, error: str, headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    """Answer ``{"error": ...}`` from ASGI middleware, before any route runs."""
+    body = json.dumps({"error": error}).encode()
     await send(
         {
             "type": "http.response.start",
-            "status": 413,
+            "status": status,
             "headers": [
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(body)).encode()),
+                *(headers or []),
             ],
         }
     )

@@ -17,7 +17,7 @@ from fastapi.responses import PlainTextResponse
 
 from escrow import fvprofile
 from starter.audit_trail import note
-from starter.deps import AUTH, ERRORS, Caller, ServicesDep, audit_as, require
+from starter.deps import AUTH, ERRORS, Caller, ServicesDep, require
 
 router = APIRouter(tags=["escrow"], dependencies=AUTH, responses=ERRORS)
 
@@ -39,8 +39,6 @@ async def escrow_access(enrollment_id: str, svc: ServicesDep) -> list[dict[str, 
 
 @router.get(
     "/v1/escrow/{enrollment_id}/{kind}",
-    # audited even when refused (the mark comes before the role check)
-    dependencies=[Depends(audit_as("escrow.read"))],
     summary="Retrieve the FileVault recovery key (prk) or lock/erase PIN (pin); escrow role",
 )
 async def escrow_secret(

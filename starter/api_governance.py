@@ -165,8 +165,7 @@ async def estop_engage(
         stop = await svc.stops.engage(scope, who.user, body.reason, conn=c)
     log.warning("EMERGENCY STOP engaged on %s by %s: %s", scope, who.user, body.reason or "-")
     notice = EmergencyStopNotice(engaged=True, scope=scope, reason=body.reason, by=who.user)
-    sent = await governance.broadcast_stop(svc.client, notice)
-    governance.sweep_again_later(svc.client, notice)
+    sent = await governance.tell_runs(svc.client, notice)
     return {
         "stop": stop.as_dict(),
         "runs_signalled": sent.signalled,
@@ -195,8 +194,7 @@ async def estop_release(
         raise HTTPException(404, f"no emergency stop engaged on {scope}")
     log.warning("emergency stop on %s released by %s", scope, who.user)
     notice = EmergencyStopNotice(engaged=False, scope=scope, by=who.user)
-    sent = await governance.broadcast_stop(svc.client, notice)
-    governance.sweep_again_later(svc.client, notice)
+    sent = await governance.tell_runs(svc.client, notice)
     return {"released": scope, "runs_signalled": sent.signalled}
 
 

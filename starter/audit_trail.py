@@ -1,7 +1,7 @@
 """Every state-changing call and every secret read goes into the audit log.
 
 An ASGI middleware records, after the answer, each call that is not a plain read (and
-each read a route marks with ``audit_as``): who (the authenticated user and role, or the
+each secret read named in ``ACTIONS``): who (the authenticated user and role, or the
 name an unauthenticated caller gave), the action, targets and parameters the route put
 on ``request.state`` (secrets redacted), the client address and the outcome, refusals
 included. A route whose change lives in the store writes its audit row itself, in the

@@ -112,22 +112,12 @@ async def by_method(request: Request, who: CallerDep) -> Caller:
     return await require(permission)(who)
 
 
-def audit_as(action: str) -> Callable[[Request], None]:
-    """A dependency naming the route's audit action (and auditing it even as a GET)."""
-
-    def mark(request: Request) -> None:
-        request.state.audit_action = action
-
-    return mark
-
-
 def services(request: Request) -> Services:
     svc: Services = request.app.state.services
     return svc
 
 
 AUTH = [Depends(by_method)]
-ADMIN = [Depends(require("admin"))]
 
 
 def one_of(values: Iterable[str]) -> dict[str, JsonValue]:

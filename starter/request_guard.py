@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import logging
 from typing import Any
 from urllib.parse import unquote_to_bytes
@@ -23,6 +22,7 @@ from urllib.parse import unquote_to_bytes
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from mdmflow.body import send_error
 from starter.deps import identify
 
 log = logging.getLogger("mdmflow.api")
@@ -33,22 +33,6 @@ _CONTROL = frozenset(range(0x20)) | {0x7F}
 
 def _has_control(raw: bytes) -> bool:
     return any(b in _CONTROL for b in unquote_to_bytes(raw))
-
-
-async def _answer(send: Send, status: int, error: str, headers: list[Any] | None = None) -> None:
-    body = json.dumps({"error": error}).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                *(headers or []),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
 
 
 def _basic(scope: Scope) -> tuple[str, str] | None:
@@ -79,7 +63,7 @@ class RequestGuard:
             return
         raw_path = scope.get("raw_path") or str(scope.get("path", "")).encode()
         if _has_control(raw_path) or _has_control(scope.get("query_string", b"")):
-            await _answer(send, 400, "control characters are not allowed in the URL")
+            await send_error(send, 400, "control characters are not allowed in the URL")
             return
         path = str(scope.get("path", ""))
         if path.startswith(AUTHENTICATED):
@@ -93,7 +77,7 @@ class RequestGuard:
                 found = await identify(scope["app"], *creds)
             except SQLAlchemyError as exc:
                 log.error("users could not be read: %s", exc)
-                await _answer(send, 503, "the user store cannot be read; try again")
+                await send_error(send, 503, "the user store cannot be read; try again")
                 return
             if found is None:
                 await _unauthorised(send, "unknown user or wrong key (HTTP Basic NAME:KEY)")
@@ -103,4 +87,4 @@ class RequestGuard:
 
 
 async def _unauthorised(send: Send, why: str) -> None:
-    await _answer(send, 401, why, [(b"www-authenticate", b'Basic realm="mdmflow"')])
+    await send_error(send, 401, why, [(b"www-authenticate", b'Basic realm="mdmflow"')])

@@ -34,7 +34,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection
 from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.pool import ConnectionPoolEntry
 
@@ -332,6 +332,19 @@ async def open_engine(url: str) -> AsyncEngine:
         await engine.dispose()
         raise
     return engine
+
+
+@asynccontextmanager
+async def transaction(
+    engine: AsyncEngine, conn: AsyncConnection | None = None
+) -> AsyncIterator[AsyncConnection]:
+    """The caller's open transaction (``conn``: its audit row commits with the change),
+    or a new one, committed on exit."""
+    if conn is not None:
+        yield conn
+        return
+    async with engine.begin() as own:
+        yield own
 
 
 @asynccontextmanager

@@ -18,7 +18,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.orm import Mapped, mapped_column
 
-from store.db import Base
+from store.db import Base, transaction
 
 GLOBAL = "*"
 
@@ -83,7 +83,7 @@ class EmergencyStops:
         """Engage (or re-state) the stop on ``scope``; repeatable."""
         stop = Stop(scope, by, reason, datetime.now(UTC))
         values = {"engaged_by": by, "reason": reason, "since": stop.since}
-        async with _tx(self._engine, conn) as c:
+        async with transaction(self._engine, conn) as c:
             done = await c.execute(
                 update(EmergencyStopRow).where(EmergencyStopRow.scope == scope).values(**values)
             )
@@ -100,7 +100,7 @@ class EmergencyStops:
         return stop
 
     async def release(self, scope: str, conn: AsyncConnection | None = None) -> bool:
-        async with _tx(self._engine, conn) as c:
+        async with transaction(self._engine, conn) as c:
             done = await c.execute(delete(EmergencyStopRow).where(EmergencyStopRow.scope == scope))
         return bool(done.rowcount)
 
@@ -127,30 +127,6 @@ class EmergencyStops:
             if stop.scope in (GLOBAL, workflow_name):
                 return stop
         return None
-
-
-class _tx:
-    """The caller's open transaction, or a new one committed on exit."""
-
-    def __init__(self, engine: AsyncEngine, conn: AsyncConnection | None) -> None:
-        self._engine = engine
-        self._conn = conn
-        self._own: Any = None
-
-    async def __aenter__(self) -> AsyncConnection:
-        if self._conn is not None:
-            return self._conn
-        self._own = self._engine.begin()
-        conn: AsyncConnection = await self._own.__aenter__()
-        return conn
-
-    async def __aexit__(self, *exc: object) -> None:
-        if self._own is not None:
-            await self._own.__aexit__(*exc)
-
-
-def transaction(engine: AsyncEngine, conn: AsyncConnection | None = None) -> _tx:
-    return _tx(engine, conn)
 
 
 class Approvals:
@@ -198,7 +174,7 @@ class Approvals:
         conn: AsyncConnection | None = None,
     ) -> bool:
         """Record the decision once; False when it was decided already."""
-        async with _tx(self._engine, conn) as c:
+        async with transaction(self._engine, conn) as c:
             done = await c.execute(
                 update(ApprovalRow)
                 .where(ApprovalRow.instance_id == instance_id, ApprovalRow.status == "pending")

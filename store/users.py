@@ -20,8 +20,6 @@ import re
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -31,7 +29,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.orm import Mapped, mapped_column
 
-from store.db import Base, iso_utc
+from store.db import Base, iso_utc, transaction
 
 ROLES = ("viewer", "operator", "approver", "admin", "escrow")
 Role = Literal["viewer", "operator", "approver", "admin", "escrow"]
@@ -148,15 +146,6 @@ class UserStore:
         # SHA-256 of (name, key, stored hash) -> monotonic expiry; successes only
         self._verified: OrderedDict[bytes, float] = OrderedDict()
 
-    @asynccontextmanager
-    async def _transaction(self, conn: AsyncConnection | None) -> AsyncIterator[AsyncConnection]:
-        """The caller's open transaction (its audit row commits with ours), or a new one."""
-        if conn is not None:
-            yield conn
-            return
-        async with self._engine.begin() as own:
-            yield own
-
     async def add(
         self,
         name: str,
@@ -187,7 +176,7 @@ class UserStore:
             )
             .on_conflict_do_nothing(index_elements=["name"])
         )
-        async with self._transaction(conn) as tx:
+        async with transaction(self._engine, conn) as tx:
             result = await tx.execute(statement)
         if result.rowcount != 1:
             raise UserExists(name)
@@ -195,14 +184,14 @@ class UserStore:
 
     async def remove(self, name: str, conn: AsyncConnection | None = None) -> bool:
         check_name(name)
-        async with self._transaction(conn) as tx:
+        async with transaction(self._engine, conn) as tx:
             result = await tx.execute(delete(UserRow).where(UserRow.name == name))
         return bool(result.rowcount)
 
     async def set_role(self, name: str, role: str, conn: AsyncConnection | None = None) -> bool:
         check_name(name)
         check_role(role)
-        async with self._transaction(conn) as tx:
+        async with transaction(self._engine, conn) as tx:
             result = await tx.execute(update(UserRow).where(UserRow.name == name).values(role=role))
         return bool(result.rowcount)
 
@@ -211,7 +200,7 @@ class UserStore:
         check_name(name)
         key = secrets.token_urlsafe(32)
         key_hash = await asyncio.to_thread(hash_key, key)
-        async with self._transaction(conn) as tx:
+        async with transaction(self._engine, conn) as tx:
             result = await tx.execute(
                 update(UserRow).where(UserRow.name == name).values(key_hash=key_hash)
             )

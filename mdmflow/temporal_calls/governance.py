@@ -75,14 +75,23 @@ async def broadcast_stop(client: Client, notice: EmergencyStopNotice) -> Broadca
     return result
 
 
-def sweep_again_later(client: Client, notice: EmergencyStopNotice) -> asyncio.Task[Broadcast]:
-    """The second sweep, in the background."""
+# the second sweeps under way (a task nobody holds could be collected before it runs)
+_LATER: set[asyncio.Task[Broadcast]] = set()
+
+
+async def tell_runs(client: Client, notice: EmergencyStopNotice) -> Broadcast:
+    """Broadcast ``notice`` now, and once more SECOND_SWEEP_SECONDS later in the
+    background; returns how the first sweep went."""
 
     async def later() -> Broadcast:
         await asyncio.sleep(SECOND_SWEEP_SECONDS)
         return await broadcast_stop(client, notice)
 
-    return asyncio.create_task(later())
+    sent = await broadcast_stop(client, notice)
+    task = asyncio.create_task(later())
+    _LATER.add(task)
+    task.add_done_callback(_LATER.discard)
+    return sent
 
 
 @dataclass

@@ -204,7 +204,7 @@ async def _claim(
             ):
                 refused.pop(eid, None)
     for eid, hold in refused.items():
-        result.refused[eid] = _refusal(name, hold)
+        result.refused[eid] = already_running(name, hold)
     if refused:
         log.info("not started %s for %d enrollment(s): already running", name, len(refused))
     return [i for i in ids if i not in refused]
@@ -229,7 +229,8 @@ def _details(inp: FleetInput) -> str:
     return "\n".join(lines)
 
 
-def _refusal(name: str, hold: Hold) -> str:
+def already_running(name: str, hold: Hold) -> str:
+    """Why a device held by another run of ``name`` is refused (a start, a dry run)."""
     return f"{name} is already running for this enrollment (run {hold.workflow_id})"
 
 
